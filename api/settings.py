@@ -1,0 +1,67 @@
+"""All configuration of the service, from `UNLEARND_*` environment variables, with embedded defaults.
+
+The defaults need no setup at all: a SQLite file and a blob directory under `UNLEARND_DATA_DIR` and a thread
+dispatcher inside the API process. Production swaps the URLs and the dispatcher, nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development secrets: fine on a laptop, refused when UNLEARND_ENVIRONMENT=production.
+DEV_SECRET_KEY = "unlearnd-development-secret-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    """One flat settings class; every field is `UNLEARND_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="UNLEARND_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(Path("./data"), description="Root of the embedded database and blob store.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/unlearnd.db"
+    )
+    blob_dir: Path | None = Field(None, description="Adapter tarballs; default <data_dir>/blobs")
+    dispatcher: Literal["thread", "celery"] = "thread"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    worker_threads: int = Field(1, ge=1, le=64, description="Concurrent jobs of the thread dispatcher.")
+    lease_seconds: float = Field(60.0, gt=0, description="A claimed job is the worker's for this long.")
+    sweep_interval_seconds: float = Field(5.0, gt=0)
+    redispatch_after_seconds: float = Field(
+        60.0, ge=0, description="A queued job dispatched longer ago than this is dispatched again."
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Claims per job before it fails for good.")
+    progress_interval_seconds: float = Field(0.5, ge=0, description="Minimum time between progress writes.")
+    secret_key: SecretStr = Field(
+        SecretStr(DEV_SECRET_KEY), description="HMAC key of API keys, subject references, payload encryption."
+    )
+    bootstrap_key: SecretStr | None = Field(
+        None, description="Ensure an admin API key with this secret exists."
+    )
+    model_cache_size: int = Field(1, ge=0, le=16, description="Base models kept loaded in a worker process.")
+    device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _no_dev_secret_in_production(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET_KEY:
+            raise ValueError(
+                "UNLEARND_SECRET_KEY must be set to a real secret when UNLEARND_ENVIRONMENT=production"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'unlearnd.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the unlearnd schema (the only way it changes)."""
