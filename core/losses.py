@@ -1,0 +1,148 @@
+"""Every unlearning objective, on causal-LM logits (B×T×V) and labels (B×T) in the Hugging Face convention:
+labels are aligned with input_ids and shifted here, -100 is ignored.
+
+Registry `OBJECTIVES` maps the method name a user picks to its objective; `Objective.needs` says which
+reference quantities the loop must provide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core.data import IGNORE
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position t predicts token t+1."""
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(y_t) per target position (B×(T−1), 0 where masked) and the mask of target positions."""
+    lg, lb = shift(logits, labels)
+    mask = lb != IGNORE
+    logp = torch.log_softmax(lg.float(), dim=-1)
+    picked = logp.gather(-1, lb.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over target tokens."""
+    lg, lb = shift(logits, labels)
+    return F.cross_entropy(lg.float().reshape(-1, lg.size(-1)), lb.reshape(-1), ignore_index=IGNORE)
+
+
+def inverted_hinge_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """IHL (Cha et al. 2024, arXiv 2408.06621): mean over target tokens of `1 + p(y_t) − max_{v≠y_t} p(v)`.
+
+    Unlike gradient ascent it is bounded (in [0, 2]) and stops pushing once the true token is no longer the
+    most likely one, moving its mass to the runner-up rather than spreading it over the vocabulary.
+    """
+    lg, lb = shift(logits, labels)
+    mask = lb != IGNORE
+    probs = torch.softmax(lg.float(), dim=-1)
+    target = lb.clamp_min(0).unsqueeze(-1)
+    p_true = probs.gather(-1, target).squeeze(-1)
+    p_other = probs.scatter(-1, target, float("-inf")).amax(-1)
+    per_token = 1.0 + p_true - p_other
+    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of target-token log-probabilities per sequence (B,): log π(y|x)."""
+    picked, _ = token_logprobs(logits, labels)
+    return picked.sum(-1)
+
+
+def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): `(2/β)·log(1 + (π_θ/π_ref)^β)` on sequence likelihoods, averaged."""
+    return (2.0 / beta) * F.softplus(beta * (logp - ref_logp)).mean()
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(original ‖ model) per predicted position, averaged over target positions."""
+    lg, lb = shift(logits, labels)
+    rl, _ = shift(ref_logits, labels)
+    mask = (lb != IGNORE).float()
+    ref_logp = torch.log_softmax(rl.float(), -1)
+    logp = torch.log_softmax(lg.float(), -1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+@dataclass
+class LossInputs:
+    """What one step hands an objective. Fields an objective does not need may be None."""
+
+    forget_logits: torch.Tensor
+    forget_labels: torch.Tensor
+    retain_logits: torch.Tensor | None = None
+    retain_labels: torch.Tensor | None = None
+    ref_forget_logp: torch.Tensor | None = None  # npo: log π_ref(y|x) per forget sequence
+    ref_retain_logits: torch.Tensor | None = None  # kl: original model's logits on the retain batch
+    retain_weight: float = 1.0
+    npo_beta: float = 0.1
+
+
+@dataclass(frozen=True)
+class Objective:
+    fn: Callable[[LossInputs], tuple[torch.Tensor, dict[str, float]]]
+    uses_retain: bool
+    needs_ref_forget_logp: bool = False
+    needs_ref_retain_logits: bool = False
+
+
+def _retain_nll(x: LossInputs) -> torch.Tensor:
+    if x.retain_logits is None or x.retain_weight == 0:
+        return x.forget_logits.new_zeros(())
+    return nll(x.retain_logits, x.retain_labels)
+
+
+def _combine(forget_term: torch.Tensor, retain_term: torch.Tensor, weight: float):
+    loss = forget_term + weight * retain_term
+    return loss, {"forget_loss": float(forget_term.detach()), "retain_loss": float(retain_term.detach())}
+
+
+def _ihl(x: LossInputs):
+    """IHL(D_f) + λ·NLL(D_r)."""
+    return _combine(inverted_hinge_loss(x.forget_logits, x.forget_labels), _retain_nll(x), x.retain_weight)
+
+
+def _ga(x: LossInputs):
+    """Gradient ascent: −NLL(D_f)."""
+    term = -nll(x.forget_logits, x.forget_labels)
+    return term, {"forget_loss": float(term.detach()), "retain_loss": 0.0}
+
+
+def _gd(x: LossInputs):
+    """Gradient difference: −NLL(D_f) + λ·NLL(D_r)."""
+    return _combine(-nll(x.forget_logits, x.forget_labels), _retain_nll(x), x.retain_weight)
+
+
+def _kl(x: LossInputs):
+    """−NLL(D_f) + λ·KL(original ‖ model) on D_r."""
+    retain = (
+        kl_to_reference(x.retain_logits, x.ref_retain_logits, x.retain_labels)
+        if x.retain_logits is not None and x.ref_retain_logits is not None
+        else x.forget_logits.new_zeros(())
+    )
+    return _combine(-nll(x.forget_logits, x.forget_labels), retain, x.retain_weight)
+
+
+def _npo(x: LossInputs):
+    """NPO on forget sequence likelihoods + λ·NLL(D_r)."""
+    logp = sequence_logprob(x.forget_logits, x.forget_labels)
+    return _combine(npo_loss(logp, x.ref_forget_logp, x.npo_beta), _retain_nll(x), x.retain_weight)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "ihl": Objective(_ihl, uses_retain=True),
+    "ga": Objective(_ga, uses_retain=False),
+    "gd": Objective(_gd, uses_retain=True),
+    "kl": Objective(_kl, uses_retain=True, needs_ref_retain_logits=True),
+    "npo": Objective(_npo, uses_retain=True, needs_ref_forget_logp=True),
+}

@@ -1,0 +1,198 @@
+"""Every measurement: memorisation accuracy, EL_n, exact extraction, perplexity, membership inference, probes.
+
+Pure tensor functions (`*_from_logits`, `ngram_overlap`, `auc`) are the definitions; `evaluate_set` runs a
+model over a whole set in batches and derives everything from one forward pass plus one batched greedy
+decode, so evaluation inside the unlearning loop stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+
+from core.data import IGNORE, TokenSet, encode_set
+from core.device import autocast
+from core.losses import shift, token_logprobs
+from core.records import Probe, Record
+
+
+# ---------------------------------------------------------------- pure definitions on tensors and lists
+def ma_per_record(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Memorisation accuracy per record: share of target tokens that are the teacher-forced argmax."""
+    lg, lb = shift(logits, labels)
+    mask = lb != IGNORE
+    hit = (lg.argmax(-1) == lb) & mask
+    return hit.sum(-1).float() / mask.sum(-1).clamp_min(1).float()
+
+
+def nll_per_record(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token NLL, token count) per record."""
+    picked, mask = token_logprobs(logits, labels)
+    return -picked.sum(-1), mask.sum(-1)
+
+
+def min_k_score(logits: torch.Tensor, labels: torch.Tensor, k: float = 0.2) -> torch.Tensor:
+    """Min-k% Prob (Shi et al. 2024): mean log-prob of the k% least likely target tokens, per record.
+    Higher means "looks like training data"."""
+    picked, mask = token_logprobs(logits, labels)
+    out = []
+    for row, m in zip(picked, mask, strict=True):
+        vals = row[m]
+        n = max(1, int(len(vals) * k))
+        out.append(vals.sort().values[:n].mean() if len(vals) else row.new_zeros(()))
+    return torch.stack(out)
+
+
+def ngram_overlap(generated: list[int], reference: list[int], n: int) -> float:
+    """Share of the reference's n-grams that the generation reproduces (count-clipped).
+
+    With fewer than n reference tokens, n shrinks to the reference length, so short suffixes still count.
+    """
+    n = max(1, min(n, len(reference)))
+    ref = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
+    gen = Counter(tuple(generated[i : i + n]) for i in range(len(generated) - n + 1))
+    total = sum(ref.values())
+    return sum(min(c, gen[g]) for g, c in ref.items()) / total if total else 0.0
+
+
+def auc(positive: list[float], negative: list[float]) -> float:
+    """P(score of a positive > score of a negative), ties count half (Mann–Whitney U / (n_pos·n_neg))."""
+    if not positive or not negative:
+        return float("nan")
+    pos = torch.tensor(positive, dtype=torch.float64)
+    neg = torch.tensor(negative, dtype=torch.float64)
+    greater = (pos[:, None] > neg[None, :]).sum().item()
+    ties = (pos[:, None] == neg[None, :]).sum().item()
+    return (greater + 0.5 * ties) / (len(positive) * len(negative))
+
+
+# ---------------------------------------------------------------- running a model
+@torch.inference_mode()
+def forward_logits(model, ts: TokenSet, device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+    """Logits per batch of the set (batches keep the set's order)."""
+    out = []
+    for start in range(0, len(ts), batch_size):
+        b = ts.select(list(range(start, min(start + batch_size, len(ts))))).to(device)
+        with autocast(device):
+            out.append(model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float())
+    return out
+
+
+@torch.inference_mode()
+def greedy_continue(model, prefixes: list[list[int]], lengths: list[int], device: torch.device) -> list[list[int]]:
+    """Greedy continuation of each prefix for its length, KV-cached, batching prefixes of equal length
+    (no padding, so positions are exact for every architecture)."""
+    out: list[list[int]] = [[] for _ in prefixes]
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        groups.setdefault(len(p), []).append(i)
+    for idx in groups.values():
+        steps = max(lengths[i] for i in idx)
+        if steps == 0:
+            continue
+        ids = torch.tensor([prefixes[i] for i in idx], dtype=torch.long, device=device)
+        past = None
+        generated = []
+        with autocast(device):
+            for _ in range(steps):
+                res = model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = res.past_key_values
+                ids = res.logits[:, -1, :].argmax(-1, keepdim=True)
+                generated.append(ids)
+        gen = torch.cat(generated, dim=1).tolist()
+        for row, i in enumerate(idx):
+            out[i] = gen[row][: lengths[i]]
+    return out
+
+
+@dataclass
+class SetMetrics:
+    n: int
+    ma: float
+    el10: float  # EL_n with the configured n (10 by default; the name is the report's)
+    extraction: float
+    perplexity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SetScores:
+    """Metrics plus per-record scores (kept out of reports: they feed MIA and the stopping rule)."""
+
+    metrics: SetMetrics
+    loss: list[float]  # mean token NLL per record
+    min_k: list[float]
+
+
+def evaluate_set(
+    model, ts: TokenSet, device: torch.device, *, el_n: int = 10, generate: bool = True, batch_size: int = 32
+) -> SetScores:
+    """All per-set metrics from one batched forward pass and (if `generate`) one greedy decode."""
+    if len(ts) == 0:
+        return SetScores(SetMetrics(0, float("nan"), float("nan"), float("nan"), float("nan")), [], [])
+    was_training = model.training
+    model.eval()
+    ma, nll_sum, tok, min_k = [], [], [], []
+    for start, logits in zip(range(0, len(ts), batch_size), forward_logits(model, ts, device, batch_size), strict=True):
+        labels = ts.labels[start : start + batch_size, : logits.size(1)].to(device)
+        ma.append(ma_per_record(logits, labels))
+        s, c = nll_per_record(logits, labels)
+        nll_sum.append(s)
+        tok.append(c)
+        min_k.append(min_k_score(logits, labels))
+    ma_t, nll_t, tok_t = torch.cat(ma), torch.cat(nll_sum), torch.cat(tok)
+    el = ext = float("nan")
+    if generate:
+        prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
+        suffixes = [e.ids[e.prefix_len :] for e in ts.encoded]
+        gens = greedy_continue(model, prefixes, [len(s) for s in suffixes], device)
+        el = sum(ngram_overlap(g, s, el_n) for g, s in zip(gens, suffixes, strict=True)) / len(ts)
+        ext = sum(g == s for g, s in zip(gens, suffixes, strict=True)) / len(ts)
+    if was_training:
+        model.train()
+    metrics = SetMetrics(
+        n=len(ts),
+        ma=float(ma_t.mean()),
+        el10=float(el),
+        extraction=float(ext),
+        perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
+    )
+    per_loss = (nll_t / tok_t.clamp_min(1)).tolist()
+    return SetScores(metrics, per_loss, torch.cat(min_k).tolist())
+
+
+def mia(forget: SetScores, holdout: SetScores) -> dict[str, float]:
+    """Membership-inference AUC, forget (members) vs. holdout (never seen): 1.0 = perfectly told apart as
+    training data, 0.5 = indistinguishable (the goal), below 0.5 = forgotten "too much" (also detectable)."""
+    return {
+        "loss_auc": auc([-x for x in forget.loss], [-x for x in holdout.loss]),
+        "mink_auc": auc(forget.min_k, holdout.min_k),
+    }
+
+
+def probe_accuracy(model, tokenizer, probes: list[Probe], device: torch.device) -> dict[str, float]:
+    """Share of questions whose greedy answer starts with the correct answer, and the mean probability the
+    model gives the correct answer's tokens (teacher-forced, geometric mean per token)."""
+    if not probes:
+        return {"accuracy": float("nan"), "answer_prob": float("nan")}
+    records = [Record(prompt=p.question, completion=p.answer) for p in probes]
+    ts = encode_set(tokenizer, records, max_length=512)
+    prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
+    answer_lens = [len(e.ids) - e.prefix_len for e in ts.encoded]
+    gens = greedy_continue(model, prefixes, answer_lens, device)
+    hits = 0
+    for g, p in zip(gens, probes, strict=True):
+        text = tokenizer.decode(g, skip_special_tokens=True)
+        hits += text.strip().lower().startswith(p.answer.strip().lower())
+    probs = []
+    for start, logits in zip(range(0, len(ts), 32), forward_logits(model, ts, device), strict=True):
+        labels = ts.labels[start : start + 32, : logits.size(1)].to(device)
+        s, c = nll_per_record(logits, labels)
+        probs.append(torch.exp(-s / c.clamp_min(1)))
+    return {"accuracy": hits / len(probes), "answer_prob": float(torch.cat(probs).mean())}
+
+

@@ -1,0 +1,120 @@
+"""Loading a local Hugging Face causal LM, its weights fingerprint, and the LoRA target modules per family."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.device import pick_device
+from core.errors import InvalidInput, ModelLoadError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+# Default LoRA targets by `config.model_type`: every attention and MLP projection, as in the FILA paper.
+TARGET_MODULES: dict[str, list[str]] = {
+    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+_LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+for _family in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite"):
+    TARGET_MODULES[_family] = _LLAMA_STYLE
+
+
+@dataclass
+class LoadedModel:
+    """A base model and its tokenizer, loaded once and reusable across jobs (the worker caches it)."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str
+    fingerprint: str
+    device: torch.device
+
+    @property
+    def model_type(self) -> str:
+        return getattr(self.model.config, "model_type", "")
+
+
+def weight_files(source: str | Path) -> list[Path]:
+    root = Path(source)
+    if not root.is_dir():
+        raise ModelLoadError(f"model source {str(source)!r} is not a directory")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise ModelLoadError(f"no weight files (*.safetensors, *.bin) in {root}")
+    return files
+
+
+def weights_fingerprint(source: str | Path) -> str:
+    """sha256 over the weight files' names and bytes: which exact weights an adapter was made for."""
+    h = hashlib.sha256()
+    for f in weight_files(source):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
+    """Load a local HF causal-LM directory (no hub access: `local_files_only`), in fp32 on CPU and bf16
+    weights on CUDA. Anything that is not a loadable causal LM raises ModelLoadError with the reason."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fingerprint = weights_fingerprint(source)
+    dev = pick_device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), local_files_only=True, dtype=dtype, attn_implementation="eager"
+        )
+    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for bad dirs
+        raise ModelLoadError(f"cannot load a causal LM from {source}: {type(e).__name__}: {e}") from None
+    model.to(dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, str(source), fingerprint, dev)
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """The family's projections, else every Linear/Conv1D below the transformer blocks (not the LM head)."""
+    family = getattr(getattr(model, "config", None), "model_type", "")
+    if family in TARGET_MODULES:
+        return list(TARGET_MODULES[family])
+    names = set()
+    for name, module in model.named_modules():
+        if is_target_layer(module) and "lm_head" not in name and "embed" not in name:
+            names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise InvalidInput(f"no Linear layers to adapt in model type {family!r}")
+    return sorted(names)
+
+
+def is_target_layer(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, nn.Linear | Conv1D)
+
+
+def find_targets(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Module]:
+    """Full module names matching the target suffixes, as peft matches them (by the last name component)."""
+    found = {
+        name: m
+        for name, m in model.named_modules()
+        if is_target_layer(m) and name.rsplit(".", 1)[-1] in target_modules and "lm_head" not in name
+    }
+    if not found:
+        raise InvalidInput(f"none of the target modules {target_modules} exist in this model")
+    return found

@@ -1,0 +1,185 @@
+"""One forget request, end to end on a loaded model: measure before, adapt, unlearn, measure after, export.
+
+Used by the CLI, the worker and the benchmarks alike. The model is handed back exactly as it came (LoRA
+removed, touched weights restored), so a worker can keep one loaded base model across jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.config import UnlearnConfig
+from core.data import TokenSet, encode_set
+from core.errors import Cancelled, InvalidInput
+from core.export import combine, file_sha256, read_adapter, write_adapter, WEIGHTS_NAME
+from core.lora import add_to_weight, is_conv1d
+from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
+from core.modeling import LoadedModel, default_target_modules, find_targets
+from core.records import Probe, Record
+from core.unlearn import Adapted, CancelCheck, Progress, Thresholds, _never, _noop_progress, adapt, train
+
+
+@dataclass
+class ForgetResult:
+    report: dict
+    adapter_dir: Path | None  # None for `full` (a whole model directory is written instead)
+    reached: bool
+
+
+@dataclass
+class Sets:
+    forget: TokenSet
+    retain: TokenSet
+    holdout: TokenSet
+    retain_eval: TokenSet
+
+
+def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig) -> Sets:
+    kw = {"prefix_fraction": config.prefix_fraction, "max_length": config.max_length}
+    retain_ts = encode_set(tokenizer, retain, **kw)
+    gen = torch.Generator().manual_seed(config.seed)
+    eval_idx = torch.randperm(len(retain), generator=gen)[: config.eval_max_records].sort().values.tolist()
+    return Sets(
+        forget=encode_set(tokenizer, forget, **kw),
+        retain=retain_ts,
+        holdout=encode_set(tokenizer, holdout[: config.eval_max_records], **kw) if holdout else retain_ts.select([]),
+        retain_eval=retain_ts.select(eval_idx),
+    )
+
+
+def measure(model, tokenizer, sets: Sets, probes: list[Probe], config: UnlearnConfig, device) -> tuple[dict, SetScores]:
+    """Before/after block of the report: every set's metrics, MIA forget vs. holdout, probe accuracy."""
+    scores = {
+        name: evaluate_set(model, ts, device, el_n=config.el_n)
+        for name, ts in (("forget", sets.forget), ("retain", sets.retain_eval), ("holdout", sets.holdout))
+    }
+    block = {name: s.metrics.to_dict() for name, s in scores.items()}
+    block["mia"] = mia(scores["forget"], scores["holdout"]) if len(sets.holdout) else None
+    block["probes"] = probe_accuracy(model, tokenizer, probes, device) if probes else None
+    return block, scores["holdout"]
+
+
+def run_forget(
+    loaded: LoadedModel,
+    forget: list[Record],
+    retain: list[Record],
+    holdout: list[Record],
+    config: UnlearnConfig,
+    *,
+    probes: list[Probe] = (),
+    previous_adapter: Path | None = None,
+    out_dir: Path,
+    progress: Progress | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> ForgetResult:
+    """Unlearn `forget` from the model (plus the `previous_adapter` version it builds on) and write the new
+    cumulative adapter to `out_dir`. Raises InvalidInput, Cancelled; the model is restored in every case."""
+    if not forget:
+        raise InvalidInput("the forget set is empty")
+    config.validate()
+    progress = progress or _noop_progress
+    should_cancel = should_cancel or _never
+    started = time.perf_counter()
+    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
+    probes = list(probes)
+
+    prev_delta, prev_cfg = read_adapter(previous_adapter) if previous_adapter else ({}, None)
+    target_modules = config.target_modules or (prev_cfg or {}).get("target_modules") or default_target_modules(model)
+    target_modules = sorted(target_modules) if isinstance(target_modules, list | tuple | set) else [target_modules]
+    targets = find_targets(model, target_modules)
+    modules = dict(model.named_modules())
+    missing = set(prev_delta) - set(modules)
+    if missing:
+        raise InvalidInput(f"the previous adapter targets modules this model lacks: {sorted(missing)[:3]}")
+
+    # What we change in place and must restore: touched weights (LoRA inits) or everything (full).
+    if config.init == "full":
+        snapshot = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    else:
+        touched = set(targets) | set(prev_delta)
+        snapshot = {n: modules[n].weight.detach().clone() for n in touched}
+    adapted: Adapted | None = None
+    try:
+        for name, comps in prev_delta.items():  # start from the active version
+            add_to_weight(modules[name], sum(c.delta() for c in comps))
+        sets = encode_sets(tokenizer, forget, retain, holdout, config)
+
+        progress("evaluating", 0, 2, {"when": "before"})
+        before, holdout_scores = measure(model, tokenizer, sets, probes, config, device)
+        thresholds = (
+            Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
+        )
+        if should_cancel():
+            raise Cancelled("cancelled before unlearning")
+
+        adapted = adapt(model, config, targets, sets.forget, sets.retain, device, progress)
+        loop = train(
+            adapted, sets.forget, sets.retain, config, device,
+            thresholds=thresholds, progress=progress, should_cancel=should_cancel,
+        )
+
+        progress("evaluating", 1, 2, {"when": "after"})
+        after, _ = measure(adapted.model, tokenizer, sets, probes, config, device)
+
+        progress("exporting", 0, 1, {})
+        out_dir = Path(out_dir)
+        if config.init == "full":
+            adapted.model.save_pretrained(str(out_dir))
+            tokenizer.save_pretrained(str(out_dir))
+            adapter_info, adapter_dir = {"kind": "full_model"}, None
+        else:
+            delta = combine(prev_delta, adapted.delta())
+            write_adapter(
+                out_dir, delta, base_model=loaded.source, target_modules=target_modules,
+                fan_in_fan_out=any(is_conv1d(m) for m in targets.values()), scale=config.scaling,
+                metadata={"unlearnd_method": config.method, "unlearnd_init": config.init},
+            )
+            rank = max(sum(c.a.size(0) for c in comps) for comps in delta.values())
+            adapter_info = {
+                "kind": "lora",
+                "rank": rank,
+                "alpha": config.scaling * rank,
+                "target_modules": target_modules,
+                "parent_rank": max((sum(c.a.size(0) for c in v) for v in prev_delta.values()), default=0),
+                "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
+            }
+            adapter_dir = out_dir
+        progress("exporting", 1, 1, {})
+    finally:
+        if adapted is not None:
+            model = adapted.release()
+        _restore(model, snapshot, config.init == "full")
+
+    report = {
+        "method": config.method,
+        "init": config.init,
+        "config": config.to_dict(),
+        "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
+        "steps": loop.steps,
+        "reached": loop.reached,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "trainable_params": loop.trainable_params,
+        "thresholds": {"ma": thresholds.ma, "el": thresholds.el} if thresholds else None,
+        "before": before,
+        "after": after,
+        "adapter": adapter_info,
+        "history": loop.history,
+    }
+    return ForgetResult(report, adapter_dir, loop.reached)
+
+
+@torch.no_grad()
+def _restore(model, snapshot: dict[str, torch.Tensor], full: bool) -> None:
+    if full:
+        model.load_state_dict(snapshot)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return
+    modules = dict(model.named_modules())
+    for name, w in snapshot.items():
+        modules[name].weight.copy_(w)
+    model.eval()

@@ -1,0 +1,250 @@
+"""The unlearning loop: adapt the model (FILA, LoRA or full), optimise the chosen objective with AdamW, and
+stop at the TDEC rule — forget-set MA and EL_n at or below the never-seen holdout's.
+
+Progress and cancellation come in as callables so the worker can report to its database and stop between
+steps, without core knowing about either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core import lora
+from core.config import UnlearnConfig
+from core.data import TokenSet
+from core.device import autocast
+from core.errors import Cancelled
+from core.export import Component, Delta
+from core.fila import diagonal_fisher, fila_factors, relative_importance
+from core.losses import OBJECTIVES, LossInputs, sequence_logprob
+from core.metrics import evaluate_set
+
+Progress = Callable[[str, int, int, dict], None]
+CancelCheck = Callable[[], bool]
+
+
+def _noop_progress(phase: str, step: int, total: int, metrics: dict) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Thresholds:
+    """The holdout's scores: a forget set at or below them is "as unfamiliar as data never seen"."""
+
+    ma: float
+    el: float
+
+    def reached(self, ma: float, el: float) -> bool:
+        return ma <= self.ma and el <= self.el
+
+
+@dataclass
+class Adapted:
+    """The model under unlearning and what is needed to compute its reference outputs and export its delta."""
+
+    model: nn.Module  # the module to train and evaluate (a PeftModel, or the base itself for `full`)
+    init: str
+    initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # FILA's (A₀, B₀)
+    reference_copy: nn.Module | None = None  # `full` only: a frozen original, when the objective needs it
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[nn.Module]:
+        """The original model (this run's step 0): LoRA disabled, FILA's initial factors swapped back in,
+        or the frozen copy for full fine-tuning. Costs no second copy of the base for LoRA inits."""
+        if self.init == "full":
+            yield self.reference_copy
+        elif self.init == "lora":
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            layers = lora.lora_layers(self.model)
+            current = {n: tuple(t.to(layer.lora_A["default"].weight.device) for t in lora.get_factors(layer))
+                       for n, layer in layers.items()}
+            try:
+                for n, layer in layers.items():
+                    lora.set_factors(layer, *self.initial[n])
+                yield self.model
+            finally:
+                for n, layer in layers.items():
+                    lora.set_factors(layer, *current[n])
+
+    def delta(self) -> Delta:
+        """This run's change to its starting weights as LoRA components (see core/export.py)."""
+        out: Delta = {}
+        for name, layer in lora.lora_layers(self.model).items():
+            a, b = lora.get_factors(layer)
+            s = lora.scaling_of(layer)
+            out[name] = [Component(a, b, s)]
+            if self.init == "fila":
+                a0, b0 = self.initial[name]
+                out[name].append(Component(a0.cpu(), -b0.cpu(), s))
+        return out
+
+    def release(self) -> nn.Module:
+        """Remove the LoRA layers (without merging) and hand back the base module."""
+        if self.init == "full":
+            return self.model
+        return self.model.unload()
+
+
+def adapt(
+    model: nn.Module,
+    config: UnlearnConfig,
+    targets: dict[str, nn.Module],
+    forget_ts: TokenSet,
+    retain_ts: TokenSet,
+    device: torch.device,
+    progress: Progress = _noop_progress,
+) -> Adapted:
+    """Prepare the model for the chosen init. FILA computes the Fisher on both sets, initialises (A, B) on
+    the Fisher-weighted principal directions and moves the base to the residual, so outputs are unchanged."""
+    if config.init == "full":
+        needs_ref = OBJECTIVES[config.method].needs_ref_retain_logits
+        ref = copy.deepcopy(model).eval() if needs_ref else None
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return Adapted(model, "full", reference_copy=ref)
+
+    factors = {}
+    if config.init == "fila":
+        f_forget = diagonal_fisher(
+            model, forget_ts, targets, device, max_examples=config.fisher_max_examples,
+            on_example=lambda i, n: progress("fisher", i, n, {"set": "forget"}),
+        )
+        gen = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
+        f_retain = diagonal_fisher(
+            model, retain_ts.select(order), targets, device,
+            on_example=lambda i, n: progress("fisher", i, n, {"set": "retain"}),
+        ) if len(retain_ts) else {k: torch.zeros_like(v) for k, v in f_forget.items()}
+        for name, module in targets.items():
+            f_rel = relative_importance(f_forget[name], f_retain[name])
+            factors[name] = fila_factors(lora.weight_matrix(module), f_rel, config.rank, config.scaling)
+
+    fan_in_fan_out = any(lora.is_conv1d(m) for m in targets.values())
+    target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
+    peft_model = lora.wrap(model, config.rank, config.alpha, target_names, fan_in_fan_out, config.seed)
+    layers = lora.lora_layers(peft_model)
+    initial = {}
+    for name, layer in layers.items():
+        if config.init == "fila":
+            a, b = factors[name]
+            lora.set_factors(layer, a, b)
+            lora.add_to_weight(layer.base_layer, -config.scaling * (b @ a))
+        a0, b0 = lora.get_factors(layer)
+        initial[name] = (a0.to(device), b0.to(device))
+    peft_model.train()
+    return Adapted(peft_model, config.init, initial=initial)
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    reached: bool
+    history: list[dict]
+    trainable_params: int
+
+
+def _batches(n: int, size: int, gen: torch.Generator) -> Iterator[list[int]]:
+    """Endless shuffled batches over n items (each epoch a new permutation)."""
+    size = min(size, n)
+    while True:
+        perm = torch.randperm(n, generator=gen).tolist()
+        for i in range(0, n - size + 1, size):
+            yield perm[i : i + size]
+        if n % size:
+            yield perm[-size:]
+
+
+def train(
+    adapted: Adapted,
+    forget_ts: TokenSet,
+    retain_ts: TokenSet,
+    config: UnlearnConfig,
+    device: torch.device,
+    *,
+    thresholds: Thresholds | None,
+    progress: Progress = _noop_progress,
+    should_cancel: CancelCheck = _never,
+) -> LoopResult:
+    """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
+    or `max_steps`. Without thresholds (no holdout set) it runs `max_steps` and never claims "reached"."""
+    objective = OBJECTIVES[config.method]
+    model = adapted.model
+    params = adapted.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    forget_batches = _batches(len(forget_ts), config.batch_size, gen)
+    use_retain = objective.uses_retain and len(retain_ts) > 0 and config.retain_batch_size > 0
+    retain_batches = _batches(len(retain_ts), config.retain_batch_size, gen) if use_retain else None
+
+    ref_forget_logp = None
+    if objective.needs_ref_forget_logp:
+        with torch.inference_mode(), autocast(device):
+            full = forget_ts.to(device)
+            ref_forget_logp = sequence_logprob(
+                model(input_ids=full.input_ids, attention_mask=full.attention_mask).logits, full.labels
+            ).float()
+
+    history: list[dict] = []
+
+    def check(step: int, loss: float | None) -> bool:
+        scores = evaluate_set(model, forget_ts, device, el_n=config.el_n)
+        m = {"step": step, "loss": loss, "forget_ma": scores.metrics.ma, "forget_el": scores.metrics.el10}
+        history.append(m)
+        progress("unlearning", step, config.max_steps, m)
+        return thresholds is not None and thresholds.reached(scores.metrics.ma, scores.metrics.el10)
+
+    model.train()
+    if check(0, None):
+        return LoopResult(0, True, history, sum(p.numel() for p in params))
+    step = 0
+    reached = False
+    for step in range(1, config.max_steps + 1):
+        if should_cancel():
+            raise Cancelled(f"cancelled at step {step - 1}")
+        f_idx = next(forget_batches)
+        fb = forget_ts.select(f_idx).to(device)
+        with autocast(device):
+            inputs = LossInputs(
+                forget_logits=model(input_ids=fb.input_ids, attention_mask=fb.attention_mask).logits,
+                forget_labels=fb.labels,
+                retain_weight=config.retain_weight,
+                npo_beta=config.npo_beta,
+            )
+            if ref_forget_logp is not None:
+                inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
+            if retain_batches is not None:
+                rb = retain_ts.select(next(retain_batches)).to(device)
+                inputs.retain_logits = model(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
+                inputs.retain_labels = rb.labels
+                if objective.needs_ref_retain_logits:
+                    with torch.no_grad(), adapted.reference() as ref:
+                        inputs.ref_retain_logits = ref(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
+            loss, parts = objective.fn(inputs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % config.eval_every == 0 or step == config.max_steps:
+            if check(step, float(loss.detach())):
+                reached = True
+                break
+        else:
+            progress("unlearning", step, config.max_steps, {"step": step, "loss": float(loss.detach()), **parts})
+    model.eval()
+    return LoopResult(step, reached, history, sum(p.numel() for p in params))
