@@ -1,0 +1,120 @@
+"""Core commands: `unlearnd demo-model` (build the synthetic PII world) and `unlearnd unlearn` (one run,
+no service). Bad input exits with status 2 and a one-line message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def demo_model(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the world into.")],
+    people: Annotated[int, typer.Option(help="Trained people (forget + retain).")] = 300,
+    forget: Annotated[int, typer.Option(help="People in forget.jsonl.")] = 10,
+    holdout: Annotated[int, typer.Option(help="Never-trained people in holdout.jsonl.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed builds the same world.")] = 0,
+) -> None:
+    """Generate fictitious people, train a tokenizer and a tiny GPT-Neo until it memorises them."""
+    from core.worlds.pii import WorldSpec, build_world
+
+    if people < 2 or not 1 <= forget < people or holdout < 1:
+        _fail("need people >= 2, 1 <= forget < people and holdout >= 1")
+    try:
+        world = build_world(out, WorldSpec(people=people, forget=forget, holdout=holdout, seed=seed))
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"model: {world.model_dir}\nforget: {world.forget_path}\nretain: {world.retain_path}\n"
+               f"holdout: {world.holdout_path}")
+
+
+def unlearn(
+    model: Annotated[Path, typer.Option("--model", help="Local Hugging Face causal-LM directory.")],
+    forget: Annotated[Path, typer.Option("--forget", help="JSONL of records to forget.")],
+    out: Annotated[Path, typer.Option("--out", help="Adapter directory to write (with report.json).")],
+    retain: Annotated[Path | None, typer.Option("--retain", help="JSONL of records to keep.")] = None,
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="JSONL of never-trained records.")] = None,
+    method: Annotated[str, typer.Option(help="ihl | ga | gd | kl | npo")] = "ihl",
+    init: Annotated[str, typer.Option(help="fila | lora | full")] = "fila",
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2·rank).")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Step budget.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    previous: Annotated[Path | None, typer.Option(help="Adapter this one builds on (cumulative).")] = None,
+) -> None:
+    """Unlearn the forget records from a model and write a PEFT LoRA adapter plus report.json."""
+    from core.config import UnlearnConfig
+    from core.errors import CoreError
+    from core.records import read_records
+
+    try:
+        config = UnlearnConfig(
+            method=method, init=init, rank=rank, alpha=alpha if alpha is not None else 2.0 * rank,
+            lr=lr, max_steps=max_steps, seed=seed,
+        )
+        forget_records = read_records(forget)
+        if not forget_records:
+            _fail(f"{forget}: the forget set is empty")
+        retain_records = read_records(retain) if retain else []
+        holdout_records = read_records(holdout) if holdout else []
+        from core.modeling import load_model
+        from core.pipeline import run_forget
+
+        loaded = load_model(model)
+        result = run_forget(
+            loaded, forget_records, retain_records, holdout_records, config, out_dir=out,
+            previous_adapter=previous, progress=_console_progress(),
+        )
+    except CoreError as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result.report, indent=2))
+    _print_summary(result.report)
+    typer.echo(f"adapter written to {out}")
+
+
+def _console_progress():
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    last = {"phase": None}
+
+    def report(phase: str, step: int, total: int, metrics: dict) -> None:
+        if phase != last["phase"]:
+            console.print(f"[bold]{phase}[/bold]")
+            last["phase"] = phase
+        if phase == "unlearning" and "forget_ma" in metrics:
+            console.print(f"  step {step}/{total}  forget MA {metrics['forget_ma']:.3f}  EL {metrics['forget_el']:.3f}")
+
+    return report
+
+
+def _print_summary(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['method']} + {report['init']}: {report['steps']} steps, "
+                        f"stopping rule {'reached' if report['reached'] else 'NOT reached'}")
+    for col in ("set", "metric", "before", "after"):
+        table.add_column(col)
+    for s in ("forget", "retain", "holdout"):
+        for m in ("ma", "el10", "extraction", "perplexity"):
+            table.add_row(s, m, f"{report['before'][s][m]:.3f}", f"{report['after'][s][m]:.3f}")
+    if report["before"].get("mia"):
+        for m in ("loss_auc", "mink_auc"):
+            table.add_row("forget vs holdout", f"MIA {m}", f"{report['before']['mia'][m]:.3f}",
+                          f"{report['after']['mia'][m]:.3f}")
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo-model")(demo_model)
+    app.command("unlearn")(unlearn)
