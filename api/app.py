@@ -1,0 +1,69 @@
+"""The FastAPI application: `create_app(settings)`; `uvicorn api.app:app` serves the environment's settings.
+
+Startup migrates the database (never create_all), ensures the default tenant and the bootstrap key, and
+starts the dispatcher, whose sweeper immediately resumes jobs a previous run left unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import security
+from api.db import transaction, upgrade_to_head
+from api.errors import install_error_handlers
+from api.routers import adapters, audits, forget_requests, health, jobs, models
+from api.settings import Settings
+from worker.dispatch import build_dispatcher
+from worker.runtime import Runtime
+
+log = logging.getLogger("unlearnd.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upgrade_to_head(settings)
+        rt = Runtime.build(settings)
+        with transaction(rt.sessions) as session:
+            security.ensure_tenant(session)
+            security.ensure_bootstrap_key(session, settings)
+        dispatcher = build_dispatcher(rt)
+        app.state.settings = settings
+        app.state.runtime = rt
+        app.state.session_factory = rt.sessions
+        app.state.blobs = rt.blobs
+        app.state.dispatcher = dispatcher
+        dispatcher.start()
+        log.info("unlearnd ready: %s, dispatcher %s", settings.resolved_database_url, dispatcher.name)
+        try:
+            yield
+        finally:
+            dispatcher.stop()
+            rt.close()
+
+    app = FastAPI(
+        title="unlearnd",
+        version="0.1.0",
+        summary="Machine unlearning as a service: forget requests in, verified LoRA adapters and audits out.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (
+        models.router,
+        forget_requests.router,
+        jobs.router,
+        adapters.router,
+        audits.router,
+        health.router,
+    ):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,98 @@
+"""Creating a forget request: validate, resolve the config, encrypt the payload, and commit the request
+with its job in one transaction (DESIGN §2) — dispatching happens only after the commit."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import schemas, security
+from api.crypto import encrypt_payload
+from api.errors import InvalidConfig, NotFound
+from api.models import ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
+from api.settings import Settings
+from core.config import ADAPTER_INITS, UnlearnConfig
+from core.errors import InvalidInput
+
+# Worker-side settings, never stored per job.
+_NOT_STORED = ("device",)
+
+
+def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
+    """core defaults ← the model's defaults ← the request's method/init/config, validated by core itself."""
+    merged = dict(model.default_config)
+    if body.method:
+        merged["method"] = body.method
+    if body.init:
+        merged["init"] = body.init
+    if body.config:
+        merged.update(body.config.overrides())
+    try:
+        config = UnlearnConfig.from_dict(merged)
+    except InvalidInput as e:
+        raise InvalidConfig(str(e)) from None
+    if config.init not in ADAPTER_INITS:
+        raise InvalidConfig(
+            f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}"
+        )
+    return {k: v for k, v in config.to_dict().items() if k not in _NOT_STORED}
+
+
+def find_by_key(session: Session, tenant_id: str, key: str) -> ForgetRequest | None:
+    return session.scalar(
+        select(ForgetRequest).where(
+            ForgetRequest.tenant_id == tenant_id, ForgetRequest.idempotency_key == key
+        )
+    )
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    caller: ApiKey,
+    body: schemas.ForgetRequestIn,
+    idempotency_key: str | None,
+) -> tuple[ForgetRequest, bool]:
+    """Return (request, created). The same Idempotency-Key returns the request it first created."""
+    if idempotency_key and (existing := find_by_key(session, caller.tenant_id, idempotency_key)):
+        return existing, False
+    model = session.get(BaseModel, body.model_id)
+    if model is None or model.tenant_id != caller.tenant_id:
+        raise NotFound(
+            f"model {body.model_id!r} not found", details={"resource": "model", "id": body.model_id}
+        )
+    config = resolve_config(model, body)
+    records = [r.to_record() for r in body.records]
+    salt = security.new_salt()
+    req_id = new_id("req")
+    payload = {"records": [r.to_dict() for r in records], "probes": [p.model_dump() for p in body.probes]}
+    now = utcnow()
+    req = ForgetRequest(
+        id=req_id,
+        tenant_id=caller.tenant_id,
+        model_id=model.id,
+        subject_hash=security.subject_hash(settings, body.subject.id),
+        legal_basis=body.subject.legal_basis,
+        ticket=body.subject.ticket,
+        idempotency_key=idempotency_key,
+        payload=encrypt_payload(settings, req_id, payload),
+        record_salt=salt,
+        record_hashes=[security.record_hash(salt, r) for r in records],
+        record_count=len(records),
+        probe_count=len(body.probes),
+        config=config,
+        created_at=now,
+    )
+    job = Job(tenant_id=caller.tenant_id, model_id=model.id, config=config, created_at=now, dispatched_at=now)
+    session.add_all([req, job])
+    session.flush()
+    session.add(JobRequest(job_id=job.id, request_id=req.id))
+    try:
+        session.commit()
+    except IntegrityError:  # the same key committed concurrently: answer with that request
+        session.rollback()
+        if idempotency_key and (existing := find_by_key(session, caller.tenant_id, idempotency_key)):
+            return existing, False
+        raise
+    return req, True

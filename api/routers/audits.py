@@ -1,0 +1,73 @@
+"""Audit records: filtered, cursor-paginated queries; one record; the hash chain's verification."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from api import audit, schemas, security, views
+from api.deps import AppSettings, AuditDep, Caller, DbSession
+from api.models import VERDICTS, AuditRecord
+from api.pagination import decode_cursor, encode_cursor
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+Verdict = Literal[VERDICTS]  # type: ignore[valid-type]
+
+
+@router.get("", response_model=schemas.Page[schemas.AuditOut])
+def list_audits(
+    session: DbSession,
+    settings: AppSettings,
+    caller: Caller,
+    subject: Annotated[str | None, Query(max_length=500, description="The subject id as submitted.")] = None,
+    model_id: Annotated[str | None, Query(max_length=40)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    verdict: Verdict | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict:
+    """Newest first. `subject` is hashed the way requests' subjects are, so the id itself is never stored."""
+    query = (
+        select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id).order_by(AuditRecord.seq.desc())
+    )
+    if subject is not None:
+        query = query.where(AuditRecord.subject_hash == security.subject_hash(settings, subject))
+    if model_id is not None:
+        query = query.where(AuditRecord.model_id == model_id)
+    if since is not None:
+        query = query.where(AuditRecord.completed_at >= _aware(since))
+    if until is not None:
+        query = query.where(AuditRecord.completed_at < _aware(until))
+    if verdict is not None:
+        query = query.where(AuditRecord.verdict == verdict)
+    if position := decode_cursor(cursor, "seq"):
+        query = query.where(AuditRecord.seq < int(position["seq"]))
+    rows = session.scalars(query.limit(limit + 1)).all()
+    page = rows[:limit]
+    return {
+        "data": [views.audit_out(r) for r in page],
+        "has_more": len(rows) > limit,
+        "next": encode_cursor(seq=page[-1].seq) if len(rows) > limit else None,
+    }
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.get("/verify", response_model=schemas.ChainOut)
+def verify(session: DbSession, caller: Caller) -> dict:
+    """Recompute the whole chain; `first_broken_seq` names the first record that was altered or removed."""
+    return audit.verify_chain(session)
+
+
+@router.get("/{id}", response_model=schemas.AuditOut)
+def get_audit(record: AuditDep) -> schemas.AuditOut:
+    return views.audit_out(record)

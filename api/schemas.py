@@ -1,0 +1,234 @@
+"""HTTP request and response bodies.
+
+Inputs reuse core's own validation (Record, Probe, UnlearnConfig) so the API and the engine can never
+disagree on what is valid; method and init choices come from core's tuples (the service only publishes
+adapters, so only ADAPTER_INITS are accepted).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.config import ADAPTER_INITS, METHODS
+from core.errors import InvalidInput
+from core.records import Record
+
+T = TypeVar("T")
+
+MethodName = Literal[METHODS]  # type: ignore[valid-type]
+AdapterInit = Literal[ADAPTER_INITS]  # type: ignore[valid-type]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordIn(_In):
+    """`{"text": ...}` or `{"prompt": ..., "completion": ...}` (only the completion is forgotten)."""
+
+    text: str | None = Field(None, max_length=100_000)
+    prompt: str | None = Field(None, max_length=100_000)
+    completion: str | None = Field(None, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _valid_record(self) -> RecordIn:
+        try:
+            self.to_record()
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def to_record(self) -> Record:
+        return Record(text=self.text, prompt=self.prompt, completion=self.completion)
+
+
+class ProbeIn(_In):
+    question: str = Field(min_length=1, max_length=10_000)
+    answer: str = Field(min_length=1, max_length=10_000)
+
+
+class ConfigIn(_In):
+    """Hyperparameters a caller may override; ranges mirror core.config.UnlearnConfig.validate."""
+
+    rank: int | None = Field(None, ge=1, le=256)
+    alpha: float | None = Field(None, gt=0, le=4096)
+    lr: float | None = Field(None, gt=0, le=1.0)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    retain_batch_size: int | None = Field(None, ge=0, le=1024)
+    retain_weight: float | None = Field(None, ge=0, le=100)
+    max_steps: int | None = Field(None, ge=1, le=100_000)
+    eval_every: int | None = Field(None, ge=1, le=100_000)
+    npo_beta: float | None = Field(None, gt=0, le=10)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    target_modules: list[str] | None = Field(None, min_length=1, max_length=64)
+    el_n: int | None = Field(None, ge=1, le=64)
+    prefix_fraction: float | None = Field(None, gt=0, lt=1)
+    fisher_max_examples: int | None = Field(None, ge=1, le=100_000)
+    max_length: int | None = Field(None, ge=8, le=32_768)
+    eval_max_records: int | None = Field(None, ge=1, le=100_000)
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class SubjectIn(_In):
+    id: str = Field(min_length=1, max_length=500, description="The data subject's id in the caller's system.")
+    legal_basis: str = Field(min_length=1, max_length=200, description="e.g. 'GDPR Art. 17'.")
+    ticket: str | None = Field(None, max_length=200)
+
+
+class ForgetRequestIn(_In):
+    model_id: str = Field(min_length=1, max_length=40)
+    subject: SubjectIn
+    records: list[RecordIn] = Field(min_length=1, max_length=10_000)
+    probes: list[ProbeIn] = Field(default_factory=list, max_length=1_000)
+    method: MethodName | None = None
+    init: AdapterInit | None = None
+    config: ConfigIn | None = None
+
+
+class ModelDefaultsIn(ConfigIn):
+    method: MethodName | None = None
+    init: AdapterInit | None = None
+
+
+class ModelIn(_In):
+    name: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=4096, description="A local Hugging Face model directory.")
+    revision: str | None = Field(None, max_length=200)
+    retain: list[RecordIn] = Field(default_factory=list, max_length=100_000)
+    holdout: list[RecordIn] = Field(default_factory=list, max_length=100_000)
+    default_config: ModelDefaultsIn | None = None
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    source: str
+    revision: str | None
+    fingerprint: str | None
+    default_config: dict[str, Any]
+    retain_count: int
+    holdout_count: int
+    active_adapter: AdapterRef | None
+    created_at: datetime
+
+
+class AdapterRef(BaseModel):
+    id: str
+    version: int
+
+
+class ProgressOut(BaseModel):
+    phase: str | None
+    step: int
+    total: int
+    metrics: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    id: str
+    model_id: str
+    status: str
+    attempts: int
+    cancel_requested: bool
+    progress: ProgressOut
+    request_ids: list[str]
+    config: dict[str, Any]
+    error: str | None
+    error_code: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ForgetRequestOut(BaseModel):
+    id: str
+    status: str
+    job_id: str
+    model_id: str
+    subject_hash: str
+    legal_basis: str
+    ticket: str | None
+    record_count: int
+    record_hashes: list[str]
+    probe_count: int
+    config: dict[str, Any]
+    progress: ProgressOut
+    adapter_version: AdapterRef | None
+    audit_id: str | None
+    verdict: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    id: int
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+class AdapterOut(BaseModel):
+    id: str
+    model_id: str
+    version: int
+    parent_id: str | None
+    job_id: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    sha256: str
+    size_bytes: int
+    status: str
+    created_at: datetime
+    download_url: str
+
+
+class AuditOut(BaseModel):
+    id: str
+    seq: int
+    request_id: str
+    model_id: str
+    job_id: str
+    adapter_version_id: str | None
+    subject_hash: str
+    legal_basis: str
+    ticket: str | None
+    record_hashes: list[str]
+    model_fingerprint: str | None
+    adapter_sha256: str | None
+    verdict: str
+    method: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    error: str | None
+    requested_at: datetime
+    completed_at: datetime
+    prev_hash: str
+    hash: str
+
+
+class ChainOut(BaseModel):
+    ok: bool
+    checked: int
+    total: int
+    first_broken_seq: int | None
+    reason: str | None
+    head_hash: str | None
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next: str | None = Field(None, description="Pass as `cursor` to get the next page.")
+
+
+ModelOut.model_rebuild()

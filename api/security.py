@@ -1,0 +1,116 @@
+"""API keys, subject references and record hashes: everything keyed by the server secret.
+
+Keys look like `uk_<prefix>_<secret>`; only the prefix (for humans: listing, revocation) and
+HMAC-SHA256(server secret, key) are stored, and a presented key is found by its HMAC, so the database alone
+never lets anyone authenticate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.models import ApiKey, Tenant, utcnow
+from api.settings import Settings
+from core.records import Record
+
+ALL_SCOPES = ("models:admin", "requests:write", "requests:read", "adapters:read", "audit:read")
+DEFAULT_TENANT = "default"
+
+
+def _hmac(settings: Settings, purpose: str, value: str) -> str:
+    key = settings.secret_key.get_secret_value().encode()
+    return hmac.new(key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def hash_api_key(settings: Settings, key: str) -> str:
+    return _hmac(settings, "api-key", key)
+
+
+def subject_hash(settings: Settings, subject_id: str) -> str:
+    """Keyed hash of the caller's subject id: stable, so audits can be queried by subject, but not
+    reversible by someone who reads the database without the server secret."""
+    return _hmac(settings, "subject", subject_id)
+
+
+def record_hash(salt: str, record: Record) -> str:
+    """Salted sha256 of a record's canonical JSON: proves which records were erased without keeping them."""
+    canonical = json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{salt}:{canonical}".encode()).hexdigest()
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)
+
+
+def generate_api_key() -> tuple[str, str]:
+    """A new key and its visible prefix."""
+    prefix = f"uk_{secrets.token_hex(4)}"
+    return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+def display_prefix(key: str) -> str:
+    parts = key.split("_")
+    if len(parts) >= 3 and parts[0] == "uk":
+        return f"uk_{parts[1]}"
+    return f"boot_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def ensure_tenant(session: Session, name: str = DEFAULT_TENANT) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_api_key(
+    session: Session,
+    settings: Settings,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    name: str = "",
+    scopes: tuple[str, ...] = ALL_SCOPES,
+    key: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a key (a new random one unless `key` is given) and return the row and the key itself."""
+    if key is None:
+        key, prefix = generate_api_key()
+    else:
+        prefix = display_prefix(key)
+    row = ApiKey(
+        tenant_id=ensure_tenant(session, tenant).id,
+        name=name,
+        prefix=prefix,
+        secret_hash=hash_api_key(settings, key),
+        scopes=list(scopes),
+    )
+    session.add(row)
+    session.flush()
+    return row, key
+
+
+def find_api_key(session: Session, settings: Settings, key: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_api_key(settings, key)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def ensure_bootstrap_key(session: Session, settings: Settings) -> None:
+    """`UNLEARND_BOOTSTRAP_KEY`: make sure an admin key with exactly that secret exists (idempotent)."""
+    if settings.bootstrap_key is None:
+        return
+    key = settings.bootstrap_key.get_secret_value()
+    if session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_api_key(settings, key))) is None:
+        create_api_key(session, settings, name="bootstrap", key=key)
+
+
+def touch(row: ApiKey) -> None:
+    row.last_used_at = utcnow()

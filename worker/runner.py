@@ -1,0 +1,220 @@
+"""`run_job(job_id)`: the one job function, whichever dispatcher called it (DESIGN §2).
+
+claim (or do nothing) → load inputs → borrow the base model → core.pipeline.run_forget with progress and
+cooperative cancel → pack the adapter into the blob store → publish version + audit in one transaction.
+Every failure ends in a definite state: core's errors fail the job with their message; a stop of the
+process or a stale parent version returns it to the queue; an unexpected error is retried until the
+attempt cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from api.archive import pack_dir, unpack
+from api.crypto import decrypt_payload
+from api.db import transaction
+from api.models import RUNNING, BaseModel, Job, utcnow
+from core.errors import Cancelled, CoreError, ModelLoadError
+from core.records import Probe, Record
+from worker import protocol, transitions
+from worker.model_cache import model_cache
+from worker.publish import Built, LostLease, StaleParent, active_version, publish
+from worker.reporter import Heartbeat, JobReporter
+from worker.runtime import Runtime, default_runtime
+
+log = logging.getLogger("unlearnd.worker")
+
+# Outcomes (for dispatchers and tests; the database holds the real state).
+NOT_CLAIMED, SUCCEEDED, FAILED, CANCELLED, RELEASED, LOST = (
+    "not_claimed",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "released",
+    "lost_lease",
+)
+
+
+@dataclass
+class JobInputs:
+    model_id: str
+    source: str
+    registered_fingerprint: str | None
+    config: dict[str, Any]
+    forget: list[Record]
+    probes: list[Probe]
+    retain: list[Record]
+    holdout: list[Record]
+    parent_id: str | None
+    parent_uri: str | None
+    attempt: int
+
+
+def run_job(job_id: str, runtime: Runtime | None = None) -> str:
+    rt = runtime or default_runtime()
+    settings = rt.settings
+    with transaction(rt.sessions) as session:
+        now = utcnow()
+        if not protocol.claim(session, job_id, rt.owner, now, settings.lease_seconds, settings.max_attempts):
+            transitions.fail_if_exhausted(session, job_id, settings.max_attempts)
+            return NOT_CLAIMED
+        job = session.get(Job, job_id, populate_existing=True)
+        assert job is not None
+        if job.started_at is None:
+            job.started_at = now
+        transitions.add_event(
+            session,
+            job_id,
+            f"attempt {job.attempts} of {settings.max_attempts} started",
+            data={"attempt": job.attempts, "worker": rt.owner},
+        )
+        transitions.set_requests(session, job_id, RUNNING)
+    reporter = JobReporter(rt, job_id)
+    fenced = protocol.owned(job_id, rt.owner)
+    try:
+        with Heartbeat(rt, reporter):
+            return _execute(rt, job_id, reporter)
+    except Cancelled:
+        return _stopped(rt, job_id, reporter)
+    except StaleParent as e:
+        _in_tx(rt, transitions.release, job_id, fenced, f"re-queued: {e}", refund=True)
+        return RELEASED
+    except LostLease:
+        log.warning("job %s: lease lost to another worker; result dropped", job_id)
+        return LOST
+    except CoreError as e:
+        message = f"{_prefix(e)}{e}"
+        _in_tx(rt, transitions.fail, job_id, fenced, e.code, message)
+        return FAILED
+    except Exception as e:  # a bug or a transient fault: retry until the cap, then fail for good
+        log.exception("job %s crashed", job_id)
+        return _crashed(rt, job_id, e)
+
+
+def _prefix(e: CoreError) -> str:
+    return "model could not be loaded: " if isinstance(e, ModelLoadError) else ""
+
+
+def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
+    from core.config import UnlearnConfig
+    from core.pipeline import run_forget
+
+    inputs = _load_inputs(rt, job_id)
+    work = rt.work_dir / f"{job_id}-{inputs.attempt}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
+        config = UnlearnConfig.from_dict({**inputs.config, "device": rt.settings.device})
+        with model_cache(rt.settings.model_cache_size).borrow(inputs.source, rt.settings.device) as loaded:
+            _check_fingerprint(rt, inputs, loaded.fingerprint)
+            result = run_forget(
+                loaded,
+                inputs.forget,
+                inputs.retain,
+                inputs.holdout,
+                config,
+                probes=inputs.probes,
+                previous_adapter=previous,
+                out_dir=work / "adapter",
+                progress=reporter.progress,
+                should_cancel=reporter.should_cancel,
+            )
+            fingerprint = loaded.fingerprint
+        reporter.flush()
+        reporter.refresh_flags()
+        if reporter.cancel_requested.is_set() or reporter.lost_lease.is_set():  # after the last step
+            raise Cancelled("cancelled after the last step")
+        sha, size = pack_dir(Path(result.adapter_dir), work / "adapter.tar.gz")
+        uri = rt.blobs.put(work / "adapter.tar.gz", f"adapters/{sha}.tar.gz")
+        built = Built(sha, size, uri, dict(result.report), bool(result.reached), fingerprint)
+        with transaction(rt.sessions) as session:
+            publish(session, job_id, rt.owner, inputs.parent_id, built)
+        return SUCCEEDED
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
+    with transaction(rt.sessions) as session:
+        job = session.get(Job, job_id)
+        model = session.get(BaseModel, job.model_id) if job else None
+        if job is None or model is None:
+            raise LostLease(job_id)
+        forget: list[Record] = []
+        probes: list[Probe] = []
+        for req in transitions.requests_of(session, job_id):
+            if req.payload is None:
+                raise CoreError(f"request {req.id} has no payload left (already purged)")
+            payload = decrypt_payload(rt.settings, req.id, req.payload)
+            forget += [Record.from_dict(r) for r in payload["records"]]
+            probes += [Probe.from_dict(p) for p in payload.get("probes", [])]
+        parent = active_version(session, job.model_id)
+        return JobInputs(
+            model_id=model.id,
+            source=model.source,
+            registered_fingerprint=model.fingerprint,
+            config=dict(job.config),
+            forget=forget,
+            probes=probes,
+            retain=[Record.from_dict(r) for r in model.retain],
+            holdout=[Record.from_dict(r) for r in model.holdout],
+            parent_id=parent.id if parent else None,
+            parent_uri=parent.storage_uri if parent else None,
+            attempt=job.attempts,
+        )
+
+
+def _check_fingerprint(rt: Runtime, inputs: JobInputs, fingerprint: str) -> None:
+    """Adapters are tied to the exact base weights: record them on first use, refuse them once changed."""
+    if inputs.registered_fingerprint is None:
+        with transaction(rt.sessions) as session:
+            model = session.get(BaseModel, inputs.model_id)
+            if model is not None and model.fingerprint is None:
+                model.fingerprint = fingerprint
+        return
+    if inputs.registered_fingerprint != fingerprint:
+        raise ModelLoadError(
+            f"the weights in {inputs.source} changed since the model was registered "
+            f"(sha256 {fingerprint[:12]}… ≠ {inputs.registered_fingerprint[:12]}…); register it again"
+        )
+
+
+def _stopped(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
+    fenced = protocol.owned(job_id, rt.owner)
+    if reporter.lost_lease.is_set():
+        log.warning("job %s: lease lost to another worker; stopped", job_id)
+        return LOST
+    if reporter.cancel_requested.is_set() or _cancel_flag(rt, job_id):
+        _in_tx(rt, transitions.cancel_done, job_id, fenced, "cancelled by request")
+        return CANCELLED
+    _in_tx(rt, transitions.release, job_id, fenced, "worker stopping: job returned to the queue", refund=True)
+    return RELEASED
+
+
+def _cancel_flag(rt: Runtime, job_id: str) -> bool:
+    with transaction(rt.sessions) as session:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _crashed(rt: Runtime, job_id: str, error: Exception) -> str:
+    fenced = protocol.owned(job_id, rt.owner)
+    with transaction(rt.sessions) as session:
+        attempts = session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
+        message = f"unexpected error: {type(error).__name__}: {error}"
+        if attempts < rt.settings.max_attempts:
+            transitions.release(session, job_id, fenced, f"{message}; will retry")
+            return RELEASED
+        transitions.fail(session, job_id, fenced, "internal_error", f"{message} (after {attempts} attempts)")
+        return FAILED
+
+
+def _in_tx(rt: Runtime, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with transaction(rt.sessions) as session:
+        return fn(session, *args, **kwargs)
