@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from api.models import AuditRecord
+from api.models import AuditRecord, new_id
 
 GENESIS_HASH = "0" * 64
 # Every stored column but `hash` itself enters the hash.
@@ -87,9 +87,12 @@ def append(session: Session, record: AuditRecord) -> AuditRecord:
     ).first()
     record.seq = (head.seq + 1) if head else 1
     record.prev_hash = head.hash if head else GENESIS_HASH
-    record.metrics = json_safe(record.metrics)
-    record.thresholds = json_safe(record.thresholds)
-    record.config = json_safe(record.config)
+    # Column defaults apply only at INSERT, after the hash: fill every hashed field now.
+    record.id = record.id or new_id("aud")
+    record.record_hashes = list(record.record_hashes or [])
+    record.metrics = json_safe(record.metrics or {})
+    record.thresholds = json_safe(record.thresholds or {})
+    record.config = json_safe(record.config or {})
     record.hash = compute_hash(record)
     session.add(record)
     session.flush()

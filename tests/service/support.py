@@ -1,0 +1,75 @@
+"""Helpers of the service tests (imported relatively, so they work whatever pytest's import mode)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from api.db import transaction
+from api.models import BaseModel
+from api.settings import Settings
+from worker.runtime import Runtime
+
+ADMIN_KEY = "uk_test0000_admin-secret-for-tests"
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    """Short leases and sweeps so restart and crash scenarios resolve in seconds."""
+    values = {
+        "data_dir": data_dir,
+        "bootstrap_key": ADMIN_KEY,
+        "lease_seconds": 4.0,
+        "sweep_interval_seconds": 0.5,
+        "progress_interval_seconds": 0.1,
+        "max_attempts": 3,
+        "device": "cpu",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Live:
+    url: str
+    settings: Settings
+    client: httpx.Client
+    server: object
+
+    def wait(self, request_id: str, timeout: float = 300.0) -> dict:
+        return wait_for_request(self.client, request_id, timeout)
+
+
+def wait_for_request(client: httpx.Client, request_id: str, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
+        time.sleep(0.2)
+
+
+def start_live(data_dir: Path, **overrides) -> Live:
+    from api.server import ServerThread
+
+    s = make_settings(data_dir, **overrides)
+    server = ServerThread(s).start()
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    return Live(server.url, s, client, server)
+
+
+def stop_live(live: Live) -> None:
+    live.client.close()
+    live.server.stop()
+
+
+def add_model_row(runtime: Runtime, source: str, tenant_id: str, **fields) -> str:
+    with transaction(runtime.sessions) as session:
+        model = BaseModel(tenant_id=tenant_id, name=fields.pop("name", source), source=source, **fields)
+        session.add(model)
+        session.flush()
+        return model.id

@@ -1,0 +1,49 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from api.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_api_app_import_does_not_import_torch():
+    code = "import api.app, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_cli_import_does_not_import_torch():
+    code = (
+        "import cli.service_cmds, sys; assert 'torch' not in sys.modules; assert 'api.app' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_embedded_defaults_need_no_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    for var in ("UNLEARND_DATABASE_URL", "UNLEARND_DATA_DIR", "UNLEARND_DISPATCHER", "UNLEARND_BLOB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    s = Settings()
+    assert s.dispatcher == "thread"
+    assert s.resolved_database_url == f"sqlite:///{tmp_path / 'data' / 'unlearnd.db'}"
+    assert s.resolved_blob_dir == tmp_path / "data" / "blobs"
+
+
+def test_settings_read_prefixed_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("UNLEARND_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("UNLEARND_MAX_ATTEMPTS", "7")
+    s = Settings()
+    assert s.resolved_database_url == "postgresql+psycopg://u@h/db"
+    assert s.max_attempts == 7
+
+
+def test_production_refuses_the_development_secret():
+    with pytest.raises(ValidationError, match="UNLEARND_SECRET_KEY"):
+        Settings(environment="production")
+    assert Settings(environment="production", secret_key="a-real-secret").environment == "production"
