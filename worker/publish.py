@@ -68,6 +68,8 @@ def publish(
     if job is None:
         raise LostLease(job_id)
     _lock_model(session, job.model_id)
+    if session.scalar(select(Job.id).where(protocol.owned(job_id, owner))) is None:
+        raise LostLease(job_id)
     parent = active_version(session, job.model_id)
     if (parent.id if parent else None) != started_from:
         raise StaleParent(f"active version changed from {started_from} to {parent.id if parent else None}")
