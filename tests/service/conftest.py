@@ -34,3 +34,39 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     lv = start_live(tmp_path_factory.mktemp("live") / "data")
     yield lv
     stop_live(lv)
+
+
+@pytest.fixture(scope="session")
+def service_world(request: pytest.FixtureRequest):
+    """The tiny PII world: the suite's shared `tiny_world` fixture when present, else built once and cached
+    under .cache/ keyed by its spec (build_world reuses a directory built from the same spec)."""
+    try:
+        return request.getfixturevalue("tiny_world")
+    except pytest.FixtureLookupError:
+        from core.worlds.pii import build_world, tiny_spec
+
+        root = Path(__file__).resolve().parents[2] / ".cache" / "service-tiny-world"
+        return build_world(root, tiny_spec(), log=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def job_config() -> dict:
+    """Request fields (method, init, config) for a job of a few seconds on the tiny world."""
+    from core.config import UnlearnConfig
+
+    try:
+        from tests.conftest import fast_config
+    except ImportError:
+        try:
+            from conftest import fast_config  # tests/ imported as a rootdir, not a package
+        except ImportError:
+            fast_config = UnlearnConfig
+    return config_body(fast_config())
+
+
+def config_body(config) -> dict:
+    from api.schemas import ConfigIn
+
+    values = config.to_dict()
+    tunables = {k: v for k, v in values.items() if k in ConfigIn.model_fields and v is not None}
+    return {"method": values["method"], "init": values["init"], "config": tunables}
