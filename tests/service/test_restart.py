@@ -27,7 +27,7 @@ from .support import ADMIN_KEY, add_model_row, make_settings, start_live, stop_l
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 60  # no holdout → no stopping rule → exactly this many steps: long enough to interrupt
+STEPS = 40  # no holdout → no stopping rule → exactly this many steps: long enough to interrupt
 
 
 def _register(client: httpx.Client, world) -> str:
