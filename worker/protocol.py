@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from api.models import CANCELLING, QUEUED, RUNNING, Job
@@ -45,7 +45,8 @@ def claim(
         update(Job)
         .where(Job.id == job_id, Job.attempts < max_attempts, claimable(now), ~_model_busy(now))
         .values(
-            status=RUNNING,
+            # A job whose cancel was requested before its worker died stays `cancelling`: it stops at once.
+            status=case((Job.status == CANCELLING, CANCELLING), else_=RUNNING),
             lease_owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
