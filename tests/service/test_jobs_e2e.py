@@ -75,10 +75,13 @@ def base_holdout_ma(service_world) -> float:
 @pytest.fixture(scope="module")
 def first(live: Live, model_id: str, service_world, job_config: dict) -> dict:
     half = len(service_world.forget) // 2
+    text = service_world.forget[0].full_text
+    probes = [{"question": text[:30], "answer": text[30:45]}]  # restoration check plumbing
     body = {
         "model_id": model_id,
         "subject": SUBJECT_1,
         "records": _records(service_world)[:half],
+        "probes": probes,
         **job_config,
     }
     created = live.client.post("/v1/forget-requests", json=body, headers={"Idempotency-Key": "first"})
@@ -138,8 +141,9 @@ def test_forget_request_end_to_end_publishes_a_forgetting_adapter(
     assert audit["adapter_sha256"] == sha and audit["verdict"] == "forgotten"
     assert audit["metrics"]["after"]["forget"]["ma"] <= audit["thresholds"]["ma"]
     assert abs(audit["metrics"]["after"]["forget"]["ma"] - forgotten_ma) < 0.05
-    for key in ("forget", "retain", "holdout", "mia"):
+    for key in ("forget", "retain", "holdout", "mia", "probes"):
         assert key in audit["metrics"]["before"] and key in audit["metrics"]["after"]
+    assert 0.0 <= audit["metrics"]["after"]["probes"]["accuracy"] <= 1.0 and first["probe_count"] == 1
     assert audit["model_fingerprint"] and len(audit["record_hashes"]) == half
     assert audit["record_hashes"] == first["record_hashes"]
     by_subject = live.client.get("/v1/audits", params={"subject": SUBJECT_1["id"]}).json()["data"]
