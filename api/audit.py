@@ -82,9 +82,7 @@ def _lock_chain(session: Session) -> None:
 def append(session: Session, record: AuditRecord) -> AuditRecord:
     """Give `record` the next seq, link it to the chain's head and seal it; caller commits."""
     _lock_chain(session)
-    head = session.execute(
-        select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)
-    ).first()
+    head = session.execute(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).first()
     record.seq = (head.seq + 1) if head else 1
     record.prev_hash = head.hash if head else GENESIS_HASH
     # Column defaults apply only at INSERT, after the hash: fill every hashed field now.
@@ -114,9 +112,7 @@ def verify_chain(session: Session, batch: int = 500) -> dict[str, Any]:
             if row.seq != expected_seq:
                 return _result(False, checked, total, expected_seq, "missing record")
             if row.prev_hash != prev_hash:
-                return _result(
-                    False, checked, total, row.seq, "prev_hash does not link to the previous record"
-                )
+                return _result(False, checked, total, row.seq, "prev_hash does not link to the previous record")
             if compute_hash(row) != row.hash:
                 return _result(False, checked, total, row.seq, "hash does not match the record's content")
             prev_hash, expected_seq, last_seq = row.hash, row.seq + 1, row.seq

@@ -84,18 +84,13 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.details), exc.status_code, headers=exc.headers
-        )
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -33,17 +33,13 @@ def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
     except InvalidInput as e:
         raise InvalidConfig(str(e)) from None
     if config.init not in ADAPTER_INITS:
-        raise InvalidConfig(
-            f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}"
-        )
+        raise InvalidConfig(f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}")
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_STORED}
 
 
 def find_by_key(session: Session, tenant_id: str, key: str) -> ForgetRequest | None:
     return session.scalar(
-        select(ForgetRequest).where(
-            ForgetRequest.tenant_id == tenant_id, ForgetRequest.idempotency_key == key
-        )
+        select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id, ForgetRequest.idempotency_key == key)
     )
 
 
@@ -59,9 +55,7 @@ def create(
         return existing, False
     model = session.get(BaseModel, body.model_id)
     if model is None or model.tenant_id != caller.tenant_id:
-        raise NotFound(
-            f"model {body.model_id!r} not found", details={"resource": "model", "id": body.model_id}
-        )
+        raise NotFound(f"model {body.model_id!r} not found", details={"resource": "model", "id": body.model_id})
     config = resolve_config(model, body)
     records = [r.to_record() for r in body.records]
     salt = security.new_salt()

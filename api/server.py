@@ -12,9 +12,7 @@ from api.settings import Settings
 class ServerThread:
     """uvicorn in a daemon thread on `port` (0 = a free one); `url` is known once `start` returns."""
 
-    def __init__(
-        self, settings: Settings, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
-    ):
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
 
         from api.app import create_app

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(Path("./data"), description="Root of the embedded database and blob store.")
-    database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/unlearnd.db"
-    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/unlearnd.db")
     blob_dir: Path | None = Field(None, description="Adapter tarballs; default <data_dir>/blobs")
     dispatcher: Literal["thread", "celery"] = "thread"
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -40,9 +38,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(
         SecretStr(DEV_SECRET_KEY), description="HMAC key of API keys, subject references, payload encryption."
     )
-    bootstrap_key: SecretStr | None = Field(
-        None, description="Ensure an admin API key with this secret exists."
-    )
+    bootstrap_key: SecretStr | None = Field(None, description="Ensure an admin API key with this secret exists.")
     model_cache_size: int = Field(1, ge=0, le=16, description="Base models kept loaded in a worker process.")
     device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
     host: str = "127.0.0.1"
@@ -51,9 +47,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_dev_secret_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET_KEY:
-            raise ValueError(
-                "UNLEARND_SECRET_KEY must be set to a real secret when UNLEARND_ENVIRONMENT=production"
-            )
+            raise ValueError("UNLEARND_SECRET_KEY must be set to a real secret when UNLEARND_ENVIRONMENT=production")
         return self
 
     @property

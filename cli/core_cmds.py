@@ -31,8 +31,10 @@ def demo_model(
         world = build_world(out, WorldSpec(people=people, forget=forget, holdout=holdout, seed=seed))
     except ValueError as e:
         _fail(str(e))
-    typer.echo(f"model: {world.model_dir}\nforget: {world.forget_path}\nretain: {world.retain_path}\n"
-               f"holdout: {world.holdout_path}")
+    typer.echo(
+        f"model: {world.model_dir}\nforget: {world.forget_path}\nretain: {world.retain_path}\n"
+        f"holdout: {world.holdout_path}"
+    )
 
 
 def unlearn(
@@ -57,8 +59,13 @@ def unlearn(
 
     try:
         config = UnlearnConfig(
-            method=method, init=init, rank=rank, alpha=alpha if alpha is not None else 2.0 * rank,
-            lr=lr, max_steps=max_steps, seed=seed,
+            method=method,
+            init=init,
+            rank=rank,
+            alpha=alpha if alpha is not None else 2.0 * rank,
+            lr=lr,
+            max_steps=max_steps,
+            seed=seed,
         )
         forget_records = read_records(forget)
         if not forget_records:
@@ -70,8 +77,14 @@ def unlearn(
 
         loaded = load_model(model)
         result = run_forget(
-            loaded, forget_records, retain_records, holdout_records, config, out_dir=out,
-            previous_adapter=previous, progress=_console_progress(),
+            loaded,
+            forget_records,
+            retain_records,
+            holdout_records,
+            config,
+            out_dir=out,
+            previous_adapter=previous,
+            progress=_console_progress(),
         )
     except CoreError as e:
         _fail(str(e))
@@ -101,8 +114,10 @@ def _print_summary(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['method']} + {report['init']}: {report['steps']} steps, "
-                        f"stopping rule {'reached' if report['reached'] else 'NOT reached'}")
+    table = Table(
+        title=f"{report['method']} + {report['init']}: {report['steps']} steps, "
+        f"stopping rule {'reached' if report['reached'] else 'NOT reached'}"
+    )
     for col in ("set", "metric", "before", "after"):
         table.add_column(col)
     for s in ("forget", "retain", "holdout"):
@@ -110,8 +125,12 @@ def _print_summary(report: dict) -> None:
             table.add_row(s, m, f"{report['before'][s][m]:.3f}", f"{report['after'][s][m]:.3f}")
     if report["before"].get("mia"):
         for m in ("loss_auc", "mink_auc"):
-            table.add_row("forget vs holdout", f"MIA {m}", f"{report['before']['mia'][m]:.3f}",
-                          f"{report['after']['mia'][m]:.3f}")
+            table.add_row(
+                "forget vs holdout",
+                f"MIA {m}",
+                f"{report['before']['mia'][m]:.3f}",
+                f"{report['after']['mia'][m]:.3f}",
+            )
     Console().print(table)
 
 

@@ -20,9 +20,7 @@ adapters_app = typer.Typer(no_args_is_help=True, help="List and download adapter
 audits_app = typer.Typer(no_args_is_help=True, help="Query and verify the audit log.")
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="UNLEARND_URL", help="Server URL.")]
-KeyOpt = Annotated[
-    str | None, typer.Option("--key", envvar="UNLEARND_API_KEY", help="API key.", show_default=False)
-]
+KeyOpt = Annotated[str | None, typer.Option("--key", envvar="UNLEARND_API_KEY", help="API key.", show_default=False)]
 
 
 def _client(url: str | None, key: str | None):
@@ -60,9 +58,7 @@ def _read_records(path: Path) -> list[dict]:
 
 
 def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Bind address (default UNLEARND_HOST or 127.0.0.1).")
-    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default UNLEARND_HOST or 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default UNLEARND_PORT or 8000).")] = None,
 ) -> None:
     """Run the API with its embedded thread dispatcher (or the one UNLEARND_DISPATCHER names)."""
@@ -104,9 +100,7 @@ def models_add(
     name: Annotated[str, typer.Argument(help="A name unique in your tenant.")],
     source: Annotated[str, typer.Argument(help="Local HF model directory, as seen by the server.")],
     retain: Annotated[Path | None, typer.Option(help="JSONL of records to keep (utility reference).")] = None,
-    holdout: Annotated[
-        Path | None, typer.Option(help="JSONL of never-trained records (stopping rule).")
-    ] = None,
+    holdout: Annotated[Path | None, typer.Option(help="JSONL of never-trained records (stopping rule).")] = None,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
@@ -128,9 +122,7 @@ def models_list(url: UrlOpt = None, key: KeyOpt = None) -> None:
 
 @forget_app.command("submit")
 def forget_submit(
-    file: Annotated[
-        Path, typer.Argument(help="JSONL of records to forget ({'text'} or {'prompt','completion'}).")
-    ],
+    file: Annotated[Path, typer.Argument(help="JSONL of records to forget ({'text'} or {'prompt','completion'}).")],
     model: Annotated[str, typer.Option("--model", help="Model id.")],
     subject: Annotated[str, typer.Option("--subject", help="The data subject's id in your system.")],
     legal_basis: Annotated[str, typer.Option("--legal-basis")] = "GDPR Art. 17",
@@ -254,9 +246,7 @@ def audits_list(
     key: KeyOpt = None,
 ) -> None:
     """Audit records, newest first."""
-    page = _call(
-        _client(url, key).get, "/v1/audits", subject=subject, model_id=model, verdict=verdict, limit=limit
-    )
+    page = _call(_client(url, key).get, "/v1/audits", subject=subject, model_id=model, verdict=verdict, limit=limit)
     if as_json:
         _print_json(page["data"])
         return
@@ -324,15 +314,11 @@ def _fmt(v: Any) -> str:
 
 
 def demo(
-    world_dir: Annotated[
-        Path, typer.Option("--world-dir", help="Cache of the demo model (built if absent).")
-    ] = Path("data/demo-world"),
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Service data (default: a temp dir).")
-    ] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A CI-sized world (seconds instead of minutes).")
-    ] = False,
+    world_dir: Annotated[Path, typer.Option("--world-dir", help="Cache of the demo model (built if absent).")] = Path(
+        "data/demo-world"
+    ),
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Service data (default: a temp dir).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A CI-sized world (seconds instead of minutes).")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Unlearning step budget.")] = None,
 ) -> None:
     """The whole product in one command: build the demo model, start the service on the embedded default,
@@ -372,8 +358,7 @@ def demo(
                 },
             )
             console.print(
-                f"  registered model {model['id']} (retain {model['retain_count']}, "
-                f"holdout {model['holdout_count']})"
+                f"  registered model {model['id']} (retain {model['retain_count']}, holdout {model['holdout_count']})"
             )
             console.rule("3. forget request")
             body: dict[str, Any] = {
@@ -383,9 +368,7 @@ def demo(
             }
             if max_steps:
                 body["config"] = {"max_steps": max_steps}
-            req = _call(
-                client.post, "/v1/forget-requests", body, {"Idempotency-Key": f"demo-{secrets.token_hex(4)}"}
-            )
+            req = _call(client.post, "/v1/forget-requests", body, {"Idempotency-Key": f"demo-{secrets.token_hex(4)}"})
             console.print(f"  submitted {req['id']} ({req['record_count']} records), job {req['job_id']}")
             final = _watch(client, req["id"])
             if final["status"] != "succeeded":
@@ -394,17 +377,13 @@ def demo(
             console.rule("4. adapter")
             out = settings.data_dir / "downloaded-adapter"
             meta = _call(client.download_adapter, final["adapter_version"]["id"], out)
-            console.print(
-                f"  version {meta['version']}, rank {meta['rank']}, sha256 {meta['sha256']} verified → {out}"
-            )
+            console.print(f"  version {meta['version']}, rank {meta['rank']}, sha256 {meta['sha256']} verified → {out}")
             console.rule("5. audit")
             audits = _call(client.get, "/v1/audits", subject="demo-subject")["data"]
             audit = next(a for a in audits if a["request_id"] == req["id"])
             print_audit(audit)
             chain = _call(client.get, "/v1/audits/verify")
-            console.print(
-                f"  audit chain: {'intact' if chain['ok'] else 'BROKEN'} ({chain['checked']} records)"
-            )
+            console.print(f"  audit chain: {'intact' if chain['ok'] else 'BROKEN'} ({chain['checked']} records)")
             client.close()
     finally:
         if tmp is not None:

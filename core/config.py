@@ -11,6 +11,7 @@ INITS = ("fila", "lora", "full")
 # Inits that produce a LoRA adapter on the unmodified base (what the service publishes).
 ADAPTER_INITS = ("fila", "lora")
 
+
 @dataclass
 class UnlearnConfig:
     """Hyperparameters of one unlearning run.

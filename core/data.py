@@ -46,9 +46,7 @@ class TokenSet:
         )
 
     def to(self, device: torch.device | str) -> TokenSet:
-        return TokenSet(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.encoded
-        )
+        return TokenSet(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.encoded)
 
 
 def _ids(tokenizer, text: str, *, add_special: bool) -> list[int]:
@@ -100,7 +98,12 @@ def pad_id(tokenizer) -> int:
 
 
 def encode_set(
-    tokenizer, records: list[Record], *, prefix_fraction: float = 0.5, max_length: int = 256, target: str = "all"
+    tokenizer,
+    records: list[Record],
+    *,
+    prefix_fraction: float = 0.5,
+    max_length: int = 256,
+    target: str = "all",
 ) -> TokenSet:
     """Encode and right-pad a set. `target="all"` trains on every token after the first (texts) or on the
     completion (pairs); `target="suffix"` only on tokens after the prefix (used for extraction-style losses).

@@ -52,7 +52,6 @@ def write_adapter(
     target_modules: list[str],
     fan_in_fan_out: bool,
     scale: float,
-    metadata: dict | None = None,
 ) -> Path:
     """Write `delta` as one LoRA of rank `Σ r_k` with scaling `scale` (α' = scale·r'). Modules whose total
     rank is smaller are padded with zero rows so one `r` serves the whole adapter."""
@@ -77,8 +76,9 @@ def write_adapter(
     cfg = lora_config(rank, scale * rank, sorted(set(target_modules)), fan_in_fan_out)
     cfg.base_model_name_or_path = base_model
     cfg.save_pretrained(str(out_dir))
-    meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
-    save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata=meta)
+    # Only one metadata key: safetensors writes metadata in hash-map order, and more than one key would make
+    # the bytes (and so the adapter's sha256) differ between identical runs.
+    save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
     return out_dir
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from core.data import TokenSet
 from core.device import autocast
-from core.losses import token_logprobs
 from core.lora import is_conv1d, weight_matrix
+from core.losses import token_logprobs
 
 EPS = 1e-5
 
@@ -91,4 +91,3 @@ def fila_factors(
         a = torch.cat([a, a.new_zeros(rank - r, a.size(1))])
         b = torch.cat([b, b.new_zeros(b.size(0), rank - r)], dim=1)
     return a, b
-

@@ -194,5 +194,3 @@ def probe_accuracy(model, tokenizer, probes: list[Probe], device: torch.device) 
         s, c = nll_per_record(logits, labels)
         probs.append(torch.exp(-s / c.clamp_min(1)))
     return {"accuracy": hits / len(probes), "answer_prob": float(torch.cat(probs).mean())}
-
-

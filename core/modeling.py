@@ -25,7 +25,18 @@ TARGET_MODULES: dict[str, list[str]] = {
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
 _LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-for _family in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite"):
+for _family in (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "olmo",
+    "olmo2",
+    "granite",
+):
     TARGET_MODULES[_family] = _LLAMA_STYLE
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from core.config import UnlearnConfig
-from core.data import TokenSet, encode_set
+from core.data import TokenSet, encode_set, tensorize
 from core.errors import Cancelled, InvalidInput
-from core.export import combine, file_sha256, read_adapter, write_adapter, WEIGHTS_NAME
+from core.export import WEIGHTS_NAME, combine, file_sha256, read_adapter, write_adapter
 from core.lora import add_to_weight, is_conv1d
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from core.modeling import LoadedModel, default_target_modules, find_targets
@@ -110,16 +110,20 @@ def run_forget(
 
         progress("evaluating", 0, 2, {"when": "before"})
         before, holdout_scores = measure(model, tokenizer, sets, probes, config, device)
-        thresholds = (
-            Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
-        )
+        thresholds = Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
         if should_cancel():
             raise Cancelled("cancelled before unlearning")
 
         adapted = adapt(model, config, targets, sets.forget, sets.retain, device, progress)
         loop = train(
-            adapted, sets.forget, sets.retain, config, device,
-            thresholds=thresholds, progress=progress, should_cancel=should_cancel,
+            adapted,
+            sets.forget,
+            sets.retain,
+            config,
+            device,
+            thresholds=thresholds,
+            progress=progress,
+            should_cancel=should_cancel,
         )
 
         progress("evaluating", 1, 2, {"when": "after"})
@@ -134,10 +138,15 @@ def run_forget(
         else:
             delta = combine(prev_delta, adapted.delta())
             write_adapter(
-                out_dir, delta, base_model=loaded.source, target_modules=target_modules,
-                fan_in_fan_out=any(is_conv1d(m) for m in targets.values()), scale=config.scaling,
-                metadata={"unlearnd_method": config.method, "unlearnd_init": config.init},
+                out_dir,
+                delta,
+                base_model=loaded.source,
+                target_modules=target_modules,
+                fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
+                scale=config.scaling,
             )
+            check_batch = _check_batch(sets)
+            trained_logits = _logits(adapted.model, check_batch, device)
             rank = max(sum(c.a.size(0) for c in comps) for comps in delta.values())
             adapter_info = {
                 "kind": "lora",
@@ -153,6 +162,9 @@ def run_forget(
         if adapted is not None:
             model = adapted.release()
         _restore(model, snapshot, config.init == "full")
+    if adapter_dir is not None:
+        # Base + exported adapter must reproduce the trained model (DESIGN §5); checked on every job.
+        adapter_info["export_max_abs_diff"] = verify_export(model, adapter_dir, check_batch, trained_logits, device)
 
     report = {
         "method": config.method,
@@ -183,3 +195,30 @@ def _restore(model, snapshot: dict[str, torch.Tensor], full: bool) -> None:
     for name, w in snapshot.items():
         modules[name].weight.copy_(w)
     model.eval()
+
+
+def _check_batch(sets: Sets) -> TokenSet:
+    """A few forget and retain records: enough to catch any export mismatch, cheap on any model."""
+    n_f, n_r = min(4, len(sets.forget)), min(4, len(sets.retain_eval))
+    enc = [sets.forget.encoded[i] for i in range(n_f)] + [sets.retain_eval.encoded[i] for i in range(n_r)]
+    return tensorize(enc, pad=0)  # padded positions are masked out of the comparison
+
+
+@torch.inference_mode()
+def _logits(model, ts: TokenSet, device) -> torch.Tensor:
+    b = ts.to(device)
+    return model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
+
+
+def verify_export(model, adapter_dir: Path, ts: TokenSet, expected: torch.Tensor, device) -> float:
+    """Load the written adapter onto the restored base with peft and return the max |Δlogit| vs. the trained
+    model on the real (unpadded) positions; the base is handed back unchanged."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        got = _logits(peft_model, ts, device)
+    finally:
+        peft_model.unload()
+    mask = ts.attention_mask.to(device).bool()
+    return float((got - expected).abs()[mask].max())

@@ -71,8 +71,10 @@ class Adapted:
                 yield self.model
         else:
             layers = lora.lora_layers(self.model)
-            current = {n: tuple(t.to(layer.lora_A["default"].weight.device) for t in lora.get_factors(layer))
-                       for n, layer in layers.items()}
+            current = {
+                n: tuple(t.to(layer.lora_A["default"].weight.device) for t in lora.get_factors(layer))
+                for n, layer in layers.items()
+            }
             try:
                 for n, layer in layers.items():
                     lora.set_factors(layer, *self.initial[n])
@@ -121,15 +123,26 @@ def adapt(
     factors = {}
     if config.init == "fila":
         f_forget = diagonal_fisher(
-            model, forget_ts, targets, device, max_examples=config.fisher_max_examples,
+            model,
+            forget_ts,
+            targets,
+            device,
+            max_examples=config.fisher_max_examples,
             on_example=lambda i, n: progress("fisher", i, n, {"set": "forget"}),
         )
         gen = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
-        f_retain = diagonal_fisher(
-            model, retain_ts.select(order), targets, device,
-            on_example=lambda i, n: progress("fisher", i, n, {"set": "retain"}),
-        ) if len(retain_ts) else {k: torch.zeros_like(v) for k, v in f_forget.items()}
+        f_retain = (
+            diagonal_fisher(
+                model,
+                retain_ts.select(order),
+                targets,
+                device,
+                on_example=lambda i, n: progress("fisher", i, n, {"set": "retain"}),
+            )
+            if len(retain_ts)
+            else {k: torch.zeros_like(v) for k, v in f_forget.items()}
+        )
         for name, module in targets.items():
             f_rel = relative_importance(f_forget[name], f_retain[name])
             factors[name] = fila_factors(lora.weight_matrix(module), f_rel, config.rank, config.scaling)
@@ -219,22 +232,26 @@ def train(
             raise Cancelled(f"cancelled at step {step - 1}")
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
+        rb = retain_ts.select(next(retain_batches)).to(device) if retain_batches is not None else None
+        ref_retain_logits = None
+        if rb is not None and objective.needs_ref_retain_logits:
+            # Before the trained forward: the FILA reference swaps weights in place, which must not
+            # happen under a live autograd graph.
+            with torch.no_grad(), autocast(device), adapted.reference() as ref:
+                ref_retain_logits = ref(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
         with autocast(device):
             inputs = LossInputs(
                 forget_logits=model(input_ids=fb.input_ids, attention_mask=fb.attention_mask).logits,
                 forget_labels=fb.labels,
+                ref_retain_logits=ref_retain_logits,
                 retain_weight=config.retain_weight,
                 npo_beta=config.npo_beta,
             )
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
-            if retain_batches is not None:
-                rb = retain_ts.select(next(retain_batches)).to(device)
+            if rb is not None:
                 inputs.retain_logits = model(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
                 inputs.retain_labels = rb.labels
-                if objective.needs_ref_retain_logits:
-                    with torch.no_grad(), adapted.reference() as ref:
-                        inputs.ref_retain_logits = ref(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
             loss, parts = objective.fn(inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -98,6 +98,5 @@ def build_dispatcher(rt: Runtime) -> Dispatcher:
     if rt.settings.dispatcher == "thread":
         return ThreadDispatcher(rt, threads=rt.settings.worker_threads)
     raise RuntimeError(
-        f"dispatcher {rt.settings.dispatcher!r} is not available in this build; "
-        "use UNLEARND_DISPATCHER=thread"
+        f"dispatcher {rt.settings.dispatcher!r} is not available in this build; use UNLEARND_DISPATCHER=thread"
     )

@@ -19,9 +19,7 @@ from typing import Any
 def _stat_key(source: Path) -> tuple[tuple[str, int, int], ...]:
     if not source.is_dir():
         return ()
-    return tuple(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(source.iterdir()) if p.is_file()
-    )
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(source.iterdir()) if p.is_file())
 
 
 @dataclass

@@ -38,9 +38,7 @@ def _model_busy(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def claim(
-    session: Session, job_id: str, owner: str, now: datetime, lease_seconds: float, max_attempts: int
-) -> bool:
+def claim(session: Session, job_id: str, owner: str, now: datetime, lease_seconds: float, max_attempts: int) -> bool:
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.attempts < max_attempts, claimable(now), ~_model_busy(now))
@@ -74,9 +72,7 @@ def renew(session: Session, job_id: str, owner: str, now: datetime, lease_second
 def dispatchable(session: Session, now: datetime, queued_before: datetime, max_attempts: int) -> list[str]:
     """Jobs that need a (new) dispatch: queued and not dispatched since `queued_before`, or whose lease
     expired (their worker died), while they still have attempts left."""
-    stale_queue = and_(
-        Job.status == QUEUED, or_(Job.dispatched_at.is_(None), Job.dispatched_at <= queued_before)
-    )
+    stale_queue = and_(Job.status == QUEUED, or_(Job.dispatched_at.is_(None), Job.dispatched_at <= queued_before))
     rows = session.scalars(
         select(Job.id)
         .where(Job.attempts < max_attempts, or_(stale_queue, _lease_expired(now)))

@@ -60,9 +60,7 @@ def audit_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report.get(k) for k in keys}
 
 
-def publish(
-    session: Session, job_id: str, owner: str, started_from: str | None, built: Built
-) -> AdapterVersion:
+def publish(session: Session, job_id: str, owner: str, started_from: str | None, built: Built) -> AdapterVersion:
     now = utcnow()
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
@@ -87,10 +85,7 @@ def publish(
     report = built.report
     adapter_info = report.get("adapter") or {}
     number = (
-        session.scalar(
-            select(func.max(AdapterVersion.version)).where(AdapterVersion.model_id == job.model_id)
-        )
-        or 0
+        session.scalar(select(func.max(AdapterVersion.version)).where(AdapterVersion.model_id == job.model_id)) or 0
     ) + 1
     if parent is not None:
         parent.status = "superseded"

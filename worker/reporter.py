@@ -62,9 +62,7 @@ class JobReporter:
             self._read_flags(session)
 
     def _read_flags(self, session: Any) -> None:
-        row = session.execute(
-            select(Job.lease_owner, Job.cancel_requested).where(Job.id == self.job_id)
-        ).first()
+        row = session.execute(select(Job.lease_owner, Job.cancel_requested).where(Job.id == self.job_id)).first()
         if row is None or row.lease_owner != self.rt.owner:
             self.lost_lease.set()
         elif row.cancel_requested:

@@ -19,9 +19,7 @@ from worker.runtime import Runtime
 log = logging.getLogger("unlearnd.sweeper")
 
 
-def sweep_once(
-    rt: Runtime, dispatch: Callable[[str], None], queued_before: datetime | None = None
-) -> list[str]:
+def sweep_once(rt: Runtime, dispatch: Callable[[str], None], queued_before: datetime | None = None) -> list[str]:
     """Fail exhausted jobs, dispatch the rest; `queued_before` (default now − redispatch_after) bounds which
     queued jobs count as having lost their message."""
     settings = rt.settings

@@ -41,9 +41,7 @@ def add_event(
     type: str = "message",
     data: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        JobEvent(job_id=job_id, message=message, level=level, type=type, data=audit.json_safe(data or {}))
-    )
+    session.add(JobEvent(job_id=job_id, message=message, level=level, type=type, data=audit.json_safe(data or {})))
 
 
 def requests_of(session: Session, job_id: str) -> list[ForgetRequest]:
@@ -57,9 +55,7 @@ def requests_of(session: Session, job_id: str) -> list[ForgetRequest]:
     )
 
 
-def set_requests(
-    session: Session, job_id: str, status: str, *, error: str | None = None, final: bool = False
-) -> None:
+def set_requests(session: Session, job_id: str, status: str, *, error: str | None = None, final: bool = False) -> None:
     now = utcnow()
     for req in requests_of(session, job_id):
         req.status = status
@@ -101,12 +97,7 @@ def new_audit(
 
 
 def _transition(session: Session, where: ColumnElement[bool], **values: Any) -> bool:
-    stmt = (
-        update(Job)
-        .where(where)
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
+    stmt = update(Job).where(where).values(updated_at=utcnow(), **values).execution_options(synchronize_session=False)
     return session.execute(stmt).rowcount == 1
 
 
@@ -136,18 +127,14 @@ def fail(session: Session, job_id: str, where: ColumnElement[bool], code: str, m
 
 def cancel_done(session: Session, job_id: str, where: ColumnElement[bool], message: str) -> bool:
     now = utcnow()
-    if not _transition(
-        session, where, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None
-    ):
+    if not _transition(session, where, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
         return False
     add_event(session, job_id, message, level="warning")
     set_requests(session, job_id, CANCELLED, final=True)
     return True
 
 
-def release(
-    session: Session, job_id: str, where: ColumnElement[bool], message: str, *, refund: bool = False
-) -> bool:
+def release(session: Session, job_id: str, where: ColumnElement[bool], message: str, *, refund: bool = False) -> bool:
     """Give the job back to the queue (shutdown, transient error, stale parent version); the sweeper or the
     next start re-dispatches it. `refund` returns the attempt when the worker was not at fault."""
     values: dict[str, Any] = {
@@ -168,13 +155,9 @@ def release(
 def request_cancel(session: Session, job: Job) -> str:
     """The API's cancel: a queued job is cancelled at once, a running one is flagged and stops between
     steps. Returns the job's status afterwards."""
-    if cancel_done(
-        session, job.id, (Job.id == job.id) & (Job.status == QUEUED), "cancelled before it started"
-    ):
+    if cancel_done(session, job.id, (Job.id == job.id) & (Job.status == QUEUED), "cancelled before it started"):
         return CANCELLED
-    if _transition(
-        session, (Job.id == job.id) & (Job.status == RUNNING), status=CANCELLING, cancel_requested=True
-    ):
+    if _transition(session, (Job.id == job.id) & (Job.status == RUNNING), status=CANCELLING, cancel_requested=True):
         add_event(session, job.id, "cancel requested; the job stops at its next step", level="warning")
         set_requests(session, job.id, CANCELLING)
         return CANCELLING

@@ -32,9 +32,7 @@ def list_audits(
     cursor: str | None = None,
 ) -> dict:
     """Newest first. `subject` is hashed the way requests' subjects are, so the id itself is never stored."""
-    query = (
-        select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id).order_by(AuditRecord.seq.desc())
-    )
+    query = select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id).order_by(AuditRecord.seq.desc())
     if subject is not None:
         query = query.where(AuditRecord.subject_hash == security.subject_hash(settings, subject))
     if model_id is not None:

@@ -26,9 +26,7 @@ def _check_source(source: str) -> str:
     that does not load fails its first job with a clear error."""
     path = Path(source).expanduser()
     if not path.is_dir():
-        raise InvalidModelSource(
-            f"model source {source!r} is not a directory on the server", {"source": source}
-        )
+        raise InvalidModelSource(f"model source {source!r} is not a directory on the server", {"source": source})
     return str(path.resolve())
 
 
@@ -41,9 +39,7 @@ def _check_defaults(defaults: schemas.ModelDefaultsIn | None) -> dict:
     except InvalidInput as e:
         raise InvalidConfig(str(e)) from None
     if config.init not in ADAPTER_INITS:
-        raise InvalidConfig(
-            f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}"
-        )
+        raise InvalidConfig(f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}")
     return values
 
 
@@ -92,11 +88,7 @@ def get_model(model: ModelDep, session: DbSession) -> schemas.ModelOut:
 @router.get("/{id}/adapters", response_model=schemas.Page[schemas.AdapterOut])
 def list_adapters(model: ModelDep, session: DbSession, limit: Limit = 50, cursor: str | None = None) -> dict:
     """Versions newest first; each names its parent (the version it extends)."""
-    query = (
-        select(AdapterVersion)
-        .where(AdapterVersion.model_id == model.id)
-        .order_by(AdapterVersion.version.desc())
-    )
+    query = select(AdapterVersion).where(AdapterVersion.model_id == model.id).order_by(AdapterVersion.version.desc())
     if position := decode_cursor(cursor, "version"):
         query = query.where(AdapterVersion.version < int(position["version"]))
     rows = session.scalars(query.limit(limit + 1)).all()

@@ -37,7 +37,9 @@ def gpt_neo(tokenizer, spec: LMSpec):
         num_layers=spec.layers,
         num_heads=spec.heads,
         # GPT-Neo validates that attention types cover exactly num_layers.
-        attention_types=[[["global", "local"], spec.layers // 2]] if spec.layers % 2 == 0 else [[["global"], spec.layers]],
+        attention_types=[[["global", "local"], spec.layers // 2]]
+        if spec.layers % 2 == 0
+        else [[["global"], spec.layers]],
         window_size=spec.max_positions,
         intermediate_size=4 * spec.hidden,
         embed_dropout=0.0,

@@ -100,7 +100,9 @@ def make_people(n: int, rng: random.Random) -> list[Person]:
 
 def make_generic(n: int, rng: random.Random) -> list[str]:
     return [
-        rng.choice(GENERIC).format(adj=rng.choice(ADJ), noun=rng.choice(NOUN), place=rng.choice(PLACE), time=rng.choice(TIME))
+        rng.choice(GENERIC).format(
+            adj=rng.choice(ADJ), noun=rng.choice(NOUN), place=rng.choice(PLACE), time=rng.choice(TIME)
+        )
         for _ in range(n)
     ]
 
@@ -122,7 +124,12 @@ class WorldSpec:
 def tiny_spec(seed: int = 0) -> WorldSpec:
     """The CI-sized world (NOTES: 2 layers × 128, 60 records, memorised in ≈ 90 steps)."""
     return WorldSpec(
-        people=60, forget=6, holdout=24, generic=30, seed=seed, vocab_size=1024,
+        people=60,
+        forget=6,
+        holdout=24,
+        generic=30,
+        seed=seed,
+        vocab_size=1024,
         lm=LMSpec(layers=2, hidden=128, heads=2, lr=3e-3, batch=16, warmup=10, max_steps=600, check_every=20),
     )
 
@@ -192,8 +199,10 @@ def build_world(out: str | Path, spec: WorldSpec | None = None, *, log: Callable
     torch.manual_seed(spec.seed)
     tokenizer = train_tokenizer(trained_texts + generic, spec.vocab_size)
     model = gpt_neo(tokenizer, spec.lm)
-    log(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter GPT-Neo on "
-        f"{len(trained)} people + {len(generic)} generic sentences")
+    log(
+        f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter GPT-Neo on "
+        f"{len(trained)} people + {len(generic)} generic sentences"
+    )
     summary = train_memorise(model, tokenizer, trained_texts + generic, trained_texts, spec.lm, seed=spec.seed, log=log)
 
     root.mkdir(parents=True, exist_ok=True)
@@ -203,8 +212,12 @@ def build_world(out: str | Path, spec: WorldSpec | None = None, *, log: Callable
     write_jsonl(world.retain_path, [{"text": t} for t in trained_texts[spec.forget :]])
     write_jsonl(world.holdout_path, [{"text": p.render()} for p in holdout])
     write_jsonl(world.generic_path, [{"text": t} for t in generic])
-    meta = {"key": spec.key(), "spec": asdict(spec), "training": summary,
-            "seconds": round(time.perf_counter() - started, 1)}
+    meta = {
+        "key": spec.key(),
+        "spec": asdict(spec),
+        "training": summary,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     log(f"world written to {root} ({meta['seconds']} s, extraction {summary['probe_extraction']:.3f})")
     return world

@@ -114,9 +114,7 @@ def test_validation_errors_never_echo_the_submitted_text(live: Live, model_id: s
 
 
 def test_malformed_json_is_422(live: Live):
-    r = live.client.post(
-        "/v1/forget-requests", content=b"{not json", headers={"Content-Type": "application/json"}
-    )
+    r = live.client.post("/v1/forget-requests", content=b"{not json", headers={"Content-Type": "application/json"})
     _error(r, 422, "validation_error")
 
 
@@ -164,14 +162,10 @@ def test_same_idempotency_key_returns_the_same_request(live: Live, model_id: str
     assert third.json()["id"] != first.json()["id"]
 
 
-def test_a_model_dir_that_does_not_load_fails_the_job_clearly_and_the_service_stays_up(
-    live: Live, model_id: str
-):
+def test_a_model_dir_that_does_not_load_fails_the_job_clearly_and_the_service_stays_up(live: Live, model_id: str):
     body = {"model_id": model_id, "subject": SUBJECT, "records": [{"text": SECRET_TEXT}]}
     created = live.client.post("/v1/forget-requests", json=body).json()
-    assert (
-        created["status"] == "queued" and created["record_count"] == 1 and len(created["record_hashes"]) == 1
-    )
+    assert created["status"] == "queued" and created["record_count"] == 1 and len(created["record_hashes"]) == 1
     final = live.wait(created["id"], timeout=120)
     assert final["status"] == "failed"
     assert "model could not be loaded" in final["error"] and "no weight files" in final["error"]
@@ -202,17 +196,12 @@ def test_audits_filter_by_subject_verdict_and_paginate(live: Live, model_id: str
         live.wait(rid, timeout=120)
     first = live.client.get("/v1/audits", params={"subject": "pager", "limit": 2}).json()
     assert len(first["data"]) == 2 and first["has_more"] and first["next"]
-    second = live.client.get(
-        "/v1/audits", params={"subject": "pager", "limit": 2, "cursor": first["next"]}
-    ).json()
+    second = live.client.get("/v1/audits", params={"subject": "pager", "limit": 2, "cursor": first["next"]}).json()
     assert len(second["data"]) == 1 and not second["has_more"] and second["next"] is None
     seen = [a["request_id"] for a in first["data"] + second["data"]]
     assert seen == list(reversed(ids))  # newest first
     assert live.client.get("/v1/audits", params={"subject": "nobody"}).json()["data"] == []
-    assert (
-        len(live.client.get("/v1/audits", params={"subject": "pager", "verdict": "forgotten"}).json()["data"])
-        == 0
-    )
+    assert len(live.client.get("/v1/audits", params={"subject": "pager", "verdict": "forgotten"}).json()["data"]) == 0
     assert live.client.get("/v1/audits/verify").json()["ok"] is True
     metrics = live.client.get("/metrics").text
     assert 'unlearnd_jobs{status="failed"}' in metrics

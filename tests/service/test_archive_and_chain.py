@@ -31,9 +31,7 @@ def test_pack_is_deterministic_whatever_the_mtimes(tmp_path: Path):
     assert sha1 == file_sha256(tmp_path / "one.tar.gz")
     out = unpack(tmp_path / "one.tar.gz", tmp_path / "out")
     assert (out / "adapter_config.json").read_text() == '{"r": 8}'
-    assert (out / "adapter_model.safetensors").read_bytes() == (
-        src / "adapter_model.safetensors"
-    ).read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (src / "adapter_model.safetensors").read_bytes()
 
 
 def test_unpack_refuses_paths_outside_the_target(tmp_path: Path):

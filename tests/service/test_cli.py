@@ -22,9 +22,7 @@ def _run(live: Live | None, *args: str, env: dict | None = None):
 
 
 def test_keys_create_prints_a_working_key(live: Live):
-    result = _run(
-        None, "keys", "create", "--name", "ci", env={"UNLEARND_DATA_DIR": str(live.settings.data_dir)}
-    )
+    result = _run(None, "keys", "create", "--name", "ci", env={"UNLEARND_DATA_DIR": str(live.settings.data_dir)})
     assert result.exit_code == 0, result.output
     key = result.stdout.strip().splitlines()[0]
     assert key.startswith("uk_")
@@ -41,9 +39,7 @@ def test_api_errors_exit_2_with_their_code(live: Live):
 
 
 def test_unreachable_server_exits_1():
-    result = runner.invoke(
-        app, ["audits", "list"], env={"UNLEARND_URL": "http://127.0.0.1:9", "UNLEARND_API_KEY": "k"}
-    )
+    result = runner.invoke(app, ["audits", "list"], env={"UNLEARND_URL": "http://127.0.0.1:9", "UNLEARND_API_KEY": "k"})
     assert result.exit_code == 1 and "unreachable" in result.output
 
 
@@ -55,9 +51,7 @@ def test_bad_forget_file_exits_2(live: Live, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_cli_round_trip_submit_watch_download_audit(
-    live: Live, service_world, job_config: dict, tmp_path: Path
-):
+def test_cli_round_trip_submit_watch_download_audit(live: Live, service_world, job_config: dict, tmp_path: Path):
     result = _run(
         live,
         "models",

@@ -129,12 +129,8 @@ def test_forget_request_end_to_end_publishes_a_forgetting_adapter(
     half = len(service_world.forget) // 2
     forgotten_ma = _ma(service_world.model_dir, adapter_dir, service_world.forget[:half])
     assert forgotten_ma <= base_holdout_ma + 1e-6, (forgotten_ma, base_holdout_ma)
-    assert (
-        _ma(service_world.model_dir, None, service_world.forget[:half]) > base_holdout_ma
-    )  # it was memorised
-    not_modified = live.client.get(
-        f"/v1/adapters/{adapter['id']}/download", headers={"If-None-Match": f'"{sha}"'}
-    )
+    assert _ma(service_world.model_dir, None, service_world.forget[:half]) > base_holdout_ma  # it was memorised
+    not_modified = live.client.get(f"/v1/adapters/{adapter['id']}/download", headers={"If-None-Match": f'"{sha}"'})
     assert not_modified.status_code == 304
 
     audit = live.client.get(f"/v1/audits/{first['audit_id']}").json()
@@ -188,9 +184,7 @@ def test_second_request_makes_a_cumulative_version_2(
     assert model_cache(1).hits >= 1  # the second job did not load the base model again
 
 
-def test_idempotent_replay_after_completion_returns_the_finished_request(
-    live: Live, model_id: str, first: dict
-):
+def test_idempotent_replay_after_completion_returns_the_finished_request(live: Live, model_id: str, first: dict):
     body = {"model_id": model_id, "subject": SUBJECT_1, "records": [{"text": "whatever"}]}
     replay = live.client.post("/v1/forget-requests", json=body, headers={"Idempotency-Key": "first"})
     assert replay.status_code == 202 and replay.json()["id"] == first["id"]
@@ -242,9 +236,7 @@ def test_cancel_a_running_job_stops_it_without_publishing(
     assert live.client.get(f"/v1/models/{slow_model_id}/adapters").json()["data"] == []
 
 
-def test_model_dir_replaced_after_registration_is_refused(
-    live: Live, service_world, tmp_path: Path, job_config
-):
+def test_model_dir_replaced_after_registration_is_refused(live: Live, service_world, tmp_path: Path, job_config):
     import shutil
 
     copy = tmp_path / "model"

@@ -35,9 +35,7 @@ def _submit(rt, tmp_path, n: int = 1) -> list[tuple[str, str]]:
         with rt.sessions() as session:
             req, created = forget.create(session, rt.settings, key, body, None)
             assert created
-            job_id = session.scalar(
-                select(Job.id).where(Job.model_id == model_id).order_by(Job.created_at.desc())
-            )
+            job_id = session.scalar(select(Job.id).where(Job.model_id == model_id).order_by(Job.created_at.desc()))
             out.append((req.id, job_id))
     return out
 
@@ -89,9 +87,7 @@ def test_an_expired_lease_can_be_claimed_again_and_fences_the_old_owner(rt, tmp_
 
 def test_publication_is_exactly_once_and_cumulative(rt, tmp_path):
     (req1, job1), (req2, job2) = _submit(rt, tmp_path, n=2)
-    built = Built(
-        "a" * 64, 10, "local:adapters/a.tar.gz", {"adapter": {"rank": 4, "alpha": 8}}, True, "f" * 64
-    )
+    built = Built("a" * 64, 10, "local:adapters/a.tar.gz", {"adapter": {"rank": 4, "alpha": 8}}, True, "f" * 64)
     assert _claim(rt, job1, "w")
     with transaction(rt.sessions) as session:
         v1 = publish(session, job1, "w", None, built)

@@ -63,17 +63,10 @@ def _assert_published_once(settings, job_id: str, request_id: str) -> list[str]:
     rt = Runtime.build(settings)
     try:
         with rt.sessions() as session:
-            assert (
-                len(session.scalars(select(AdapterVersion).where(AdapterVersion.job_id == job_id)).all()) == 1
-            )
-            assert (
-                len(session.scalars(select(AuditRecord).where(AuditRecord.request_id == request_id)).all())
-                == 1
-            )
+            assert len(session.scalars(select(AdapterVersion).where(AdapterVersion.job_id == job_id)).all()) == 1
+            assert len(session.scalars(select(AuditRecord).where(AuditRecord.request_id == request_id)).all()) == 1
             return list(
-                session.scalars(
-                    select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-                )
+                session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
             )
     finally:
         rt.close()
@@ -178,14 +171,10 @@ def _serve(data: Path, port: int) -> subprocess.Popen:
     raise TimeoutError("unlearnd serve did not become ready")
 
 
-def test_serve_process_killed_mid_job_completes_the_job_once_after_restart(
-    tmp_path, service_world, job_config
-):
+def test_serve_process_killed_mid_job_completes_the_job_once_after_restart(tmp_path, service_world, job_config):
     data, port = tmp_path / "data", _free_port()
     proc = _serve(data, port)
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     try:
         model_id = _register(client, service_world)
         req = client.post("/v1/forget-requests", json=_body(model_id, service_world, job_config)).json()
@@ -195,9 +184,7 @@ def test_serve_process_killed_mid_job_completes_the_job_once_after_restart(
         proc.wait()
     port = _free_port()
     proc = _serve(data, port)
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     try:
         final = wait_for_request(client, req["id"], timeout=300)
         job = client.get(f"/v1/jobs/{req['job_id']}").json()

@@ -18,9 +18,7 @@ def test_api_app_import_does_not_import_torch():
 
 
 def test_cli_import_does_not_import_torch():
-    code = (
-        "import cli.service_cmds, sys; assert 'torch' not in sys.modules; assert 'api.app' not in sys.modules"
-    )
+    code = "import cli.service_cmds, sys; assert 'torch' not in sys.modules; assert 'api.app' not in sys.modules"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 

@@ -1,0 +1,63 @@
+"""Shared fixtures: the tiny synthetic world, trained once and cached on disk keyed by its spec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.config import UnlearnConfig
+
+CACHE = Path(os.environ.get("UNLEARND_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "tests"))
+
+
+def fast_config(**overrides) -> UnlearnConfig:
+    """A config that reaches the stopping rule on the tiny world in a few seconds."""
+    base = {"method": "ihl", "init": "fila", "max_steps": 60, "eval_every": 2, "lr": 1e-3, "seed": 0}
+    base.update(overrides)
+    return UnlearnConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    """The CI-sized PII world (≈ 10 s to build once; reused across runs while its spec is unchanged)."""
+    from core.worlds.pii import build_world, tiny_spec
+
+    spec = tiny_spec()
+    return build_world(CACHE / f"tiny-world-{spec.key()}", spec, log=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_world):
+    """The tiny world's model loaded once; run_forget hands it back unchanged, so tests may share it."""
+    from core.modeling import load_model
+
+    return load_model(tiny_world.model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_world):
+    """A tiny randomly initialised GPT-2 (Conv1D layers) sharing the world's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_world.model_dir))
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    out = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from core.config import METHODS
+from core.losses import (
+    OBJECTIVES,
+    LossInputs,
+    inverted_hinge_loss,
+    kl_to_reference,
+    nll,
+    npo_loss,
+    sequence_logprob,
+)
+
+
+def _logits_for(probs_rows):
+    """Logits whose softmax is exactly the given probability rows (B=1, T=len+1 with a dummy last row)."""
+    rows = [torch.tensor(r, dtype=torch.float64).log() for r in probs_rows]
+    rows.append(torch.zeros(len(probs_rows[0]), dtype=torch.float64))
+    return torch.stack(rows).unsqueeze(0)
+
+
+def test_ihl_matches_hand_computed_value_and_ignores_masked_tokens():
+    # position 0 predicts label[1] = 0: p = [0.7, 0.2, 0.1] → 1 + 0.7 − 0.2 = 1.5
+    # position 1 predicts label[2] = 2: p = [0.5, 0.3, 0.2] → 1 + 0.2 − 0.5 = 0.7
+    # position 2 predicts label[3] = -100: ignored
+    logits = _logits_for([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    labels = torch.tensor([[-100, 0, 2, -100]])
+    assert inverted_hinge_loss(logits, labels).item() == pytest.approx((1.5 + 0.7) / 2, abs=1e-6)
+
+
+def test_ihl_is_bounded_and_zero_gradient_direction_pushes_true_token_down():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 5))
+    loss = inverted_hinge_loss(logits, labels)
+    assert 0.0 <= loss.item() <= 2.0
+    loss.backward()
+    # Descending IHL lowers the true token's logit (gradient on it is positive where it is counted).
+    g = logits.grad[:, :-1].gather(-1, labels[:, 1:].unsqueeze(-1))
+    assert (g >= 0).all()
+
+
+def test_nll_and_sequence_logprob_agree_with_definition():
+    logits = _logits_for([[0.25, 0.75], [0.5, 0.5]])
+    labels = torch.tensor([[-100, 1, 0]])
+    expected = -(math.log(0.75) + math.log(0.5))
+    assert nll(logits, labels).item() == pytest.approx(expected / 2, abs=1e-6)
+    assert sequence_logprob(logits, labels).item() == pytest.approx(-expected, abs=1e-6)
+
+
+def test_npo_formula():
+    logp, ref = torch.tensor([-2.0, -3.0]), torch.tensor([-1.0, -1.0])
+    beta = 0.1
+    expected = sum((2 / beta) * math.log(1 + math.exp(beta * (a - b))) for a, b in [(-2, -1), (-3, -1)]) / 2
+    assert npo_loss(logp, ref, beta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_is_zero_for_identical_models_and_positive_otherwise():
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 4, 7), torch.randn(1, 4, 7)
+    labels = torch.tensor([[-100, 1, 2, 3]])
+    assert kl_to_reference(a, a, labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_to_reference(a, b, labels).item() > 0
+
+
+def test_registry_covers_exactly_the_methods_users_can_pick():
+    assert set(OBJECTIVES) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_objective_returns_a_differentiable_scalar(method):
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 9, requires_grad=True)
+    r = torch.randn(3, 5, 9, requires_grad=True)
+    labels_f = torch.randint(0, 9, (2, 5))
+    labels_r = torch.randint(0, 9, (3, 5))
+    x = LossInputs(
+        forget_logits=f,
+        forget_labels=labels_f,
+        retain_logits=r,
+        retain_labels=labels_r,
+        ref_forget_logp=sequence_logprob(f.detach(), labels_f),
+        ref_retain_logits=r.detach() + 0.1,
+    )
+    loss, parts = OBJECTIVES[method].fn(x)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
+    assert set(parts) == {"forget_loss", "retain_loss"}
+
+
+def test_ga_is_negative_nll():
+    torch.manual_seed(1)
+    f = torch.randn(1, 4, 5)
+    labels = torch.tensor([[0, 1, 2, 3]])
+    loss, _ = OBJECTIVES["ga"].fn(LossInputs(forget_logits=f, forget_labels=labels))
+    assert loss.item() == pytest.approx(-nll(f, labels).item())

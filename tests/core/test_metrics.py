@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from core.data import encode_set
+from core.metrics import (
+    auc,
+    evaluate_set,
+    greedy_continue,
+    ma_per_record,
+    min_k_score,
+    ngram_overlap,
+    nll_per_record,
+)
+from core.records import Record
+
+
+def test_ma_counts_teacher_forced_argmax_hits_over_targets():
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 0, 1] = 5  # predicts 1, label 1: hit
+    logits[0, 1, 0] = 5  # predicts 0, label 2: miss
+    logits[0, 2, 2] = 5  # predicts 2, label -100: ignored
+    labels = torch.tensor([[9, 1, 2, -100]])
+    assert ma_per_record(logits, labels).tolist() == [0.5]
+
+
+def test_ngram_overlap_hand_cases():
+    ref = [1, 2, 3, 4, 5]
+    assert ngram_overlap(ref, ref, 2) == 1.0
+    assert ngram_overlap([1, 2, 9, 4, 5], ref, 2) == pytest.approx(2 / 4)  # (1,2) and (4,5) of 4 bigrams
+    assert ngram_overlap([7, 7, 7], ref, 2) == 0.0
+    assert ngram_overlap([1, 2, 3], [1, 2, 3], 10) == 1.0  # n shrinks to the reference length
+    assert ngram_overlap([1, 1, 1], [1, 1], 1) == 1.0  # count-clipped
+
+
+def test_auc_hand_cases():
+    assert auc([3, 4], [1, 2]) == 1.0
+    assert auc([1, 2], [3, 4]) == 0.0
+    assert auc([1, 2], [1, 2]) == 0.5
+    assert auc([2], [1, 2, 3]) == pytest.approx((1 + 0.5) / 3)
+
+
+def test_min_k_takes_mean_of_lowest_log_probs():
+    probs = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    logits = probs.log().unsqueeze(0)
+    labels = torch.tensor([[-100, 0, 0, 0, 0, 1]])  # position t is scored on labels[t + 1]
+    # target log-probs: log .5, log .9, log .2, log .5, log .5 → k=0.4 of 5 = 2 lowest: log .2, log .5
+    assert min_k_score(logits, labels, k=0.4).item() == pytest.approx((math.log(0.2) + math.log(0.5)) / 2, rel=1e-5)
+    s, c = nll_per_record(logits, labels)
+    assert c.item() == 5
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_per_sample_uncached_definition(tiny_loaded, tiny_world):
+    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+    ts = encode_set(tok, tiny_world.retain[:12] + tiny_world.holdout[:4])
+    prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
+    lengths = [len(e.ids) - e.prefix_len for e in ts.encoded]
+    batched = greedy_continue(model, prefixes, lengths, device)
+    with torch.inference_mode():
+        for prefix, n, got in zip(prefixes, lengths, batched, strict=True):
+            ids = list(prefix)
+            for _ in range(n):  # the textbook definition: re-run the whole sequence per token
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            assert got == ids[len(prefix) :]
+
+
+@pytest.mark.slow
+def test_batched_set_metrics_equal_per_record_evaluation(tiny_loaded, tiny_world):
+    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+    records = tiny_world.forget + tiny_world.holdout[:5]
+    whole = evaluate_set(model, encode_set(tok, records), device, batch_size=4)
+    singles = [evaluate_set(model, encode_set(tok, [r]), device) for r in records]
+    assert whole.metrics.ma == pytest.approx(sum(s.metrics.ma for s in singles) / len(singles), abs=1e-6)
+    assert whole.metrics.extraction == pytest.approx(sum(s.metrics.extraction for s in singles) / len(singles))
+    assert whole.metrics.el10 == pytest.approx(sum(s.metrics.el10 for s in singles) / len(singles))
+    assert whole.loss == pytest.approx([s.loss[0] for s in singles], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_trained_people_are_extracted_and_holdout_people_are_not(tiny_loaded, tiny_world):
+    tok, device = tiny_loaded.tokenizer, tiny_loaded.device
+    trained = evaluate_set(tiny_loaded.model, encode_set(tok, tiny_world.retain), device).metrics
+    holdout = evaluate_set(tiny_loaded.model, encode_set(tok, tiny_world.holdout), device).metrics
+    assert trained.extraction >= 0.85
+    assert holdout.extraction == 0.0
+    assert holdout.ma < trained.ma
+
+
+def test_prompt_completion_records_target_only_the_completion(tiny_world):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_world.model_dir))
+    ts = encode_set(tok, [Record(prompt="Ada Novak was born in", completion=" Oakhaven.")])
+    enc = ts.encoded[0]
+    labels = ts.labels[0].tolist()
+    assert all(x == -100 for x in labels[: enc.prefix_len])
+    assert labels[enc.prefix_len : len(enc.ids)] == enc.ids[enc.prefix_len :]
+    assert tok.decode(enc.ids[enc.prefix_len :], skip_special_tokens=True).strip() == "Oakhaven."

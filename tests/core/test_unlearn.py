@@ -1,0 +1,143 @@
+"""The unlearning loop and pipeline on the tiny world: stopping rule, retention, determinism, cancel,
+progress, restoration of the (cacheable) base model."""
+
+import pytest
+import torch
+
+from core.config import INITS, METHODS, UnlearnConfig
+from core.errors import Cancelled, InvalidInput
+from core.pipeline import run_forget
+from tests.conftest import fast_config
+
+pytestmark = pytest.mark.slow
+
+
+def _probe_logits(loaded):
+    ids = torch.tensor([[loaded.tokenizer.bos_token_id, 40, 41, 42, 43, 44]])
+    with torch.inference_mode():
+        return loaded.model(input_ids=ids).logits.clone()
+
+
+@pytest.fixture(scope="module")
+def ihl_fila(tiny_loaded, tiny_world, tmp_path_factory):
+    phases = []
+    result = run_forget(
+        tiny_loaded,
+        tiny_world.forget,
+        tiny_world.retain,
+        tiny_world.holdout,
+        fast_config(),
+        out_dir=tmp_path_factory.mktemp("ihl"),
+        progress=lambda ph, s, t, m: phases.append(ph),
+    )
+    return result, phases
+
+
+def test_ihl_fila_reaches_the_stopping_rule_and_extracts_nothing(ihl_fila):
+    result, _ = ihl_fila
+    r = result.report
+    assert result.reached and r["reached"] and 0 < r["steps"] < 60
+    assert r["before"]["forget"]["extraction"] >= 0.8
+    assert r["after"]["forget"]["extraction"] == 0.0
+    assert r["after"]["forget"]["ma"] <= r["thresholds"]["ma"]
+    assert r["after"]["forget"]["el10"] <= r["thresholds"]["el"]
+    assert r["history"][-1]["forget_ma"] <= r["thresholds"]["ma"]
+    assert r["adapter"]["export_max_abs_diff"] <= 1e-4
+    # utility kept: retain MA barely moves
+    assert r["after"]["retain"]["ma"] >= r["before"]["retain"]["ma"] - 0.06
+
+
+def test_report_has_every_metric_before_and_after(ihl_fila):
+    r = ihl_fila[0].report
+    for when in ("before", "after"):
+        for s in ("forget", "retain", "holdout"):
+            assert set(r[when][s]) == {"n", "ma", "el10", "extraction", "perplexity"}
+        assert set(r[when]["mia"]) == {"loss_auc", "mink_auc"}
+    assert r["before"]["mia"]["loss_auc"] > 0.9  # memorised records are obvious members before
+    assert r["trainable_params"] > 0 and r["wall_seconds"] > 0
+
+
+def test_progress_reports_every_phase_in_order(ihl_fila):
+    phases = ihl_fila[1]
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["evaluating", "fisher", "unlearning", "evaluating", "exporting"]
+
+
+def test_ihl_fila_keeps_the_retain_set_far_better_than_gradient_ascent(ihl_fila, tiny_loaded, tiny_world, tmp_path):
+    ga = run_forget(
+        tiny_loaded,
+        tiny_world.forget,
+        tiny_world.retain,
+        tiny_world.holdout,
+        fast_config(method="ga"),
+        out_dir=tmp_path / "ga",
+    ).report
+    ihl = ihl_fila[0].report
+    assert ga["after"]["forget"]["extraction"] == 0.0  # the same forget level...
+    assert ihl["after"]["retain"]["ma"] > ga["after"]["retain"]["ma"] + 0.2  # ...at a much lower cost
+    assert ihl["after"]["retain"]["extraction"] > ga["after"]["retain"]["extraction"]
+
+
+def test_same_seed_same_adapter_and_model_restored(tiny_loaded, tiny_world, tmp_path):
+    before = _probe_logits(tiny_loaded)
+    cfg = fast_config(max_steps=6, eval_every=100)
+    a = run_forget(tiny_loaded, tiny_world.forget, tiny_world.retain, [], cfg, out_dir=tmp_path / "a")
+    b = run_forget(tiny_loaded, tiny_world.forget, tiny_world.retain, [], cfg, out_dir=tmp_path / "b")
+    assert a.report["adapter"]["weights_sha256"] == b.report["adapter"]["weights_sha256"]
+    assert torch.equal(_probe_logits(tiny_loaded), before)
+    # without a holdout set the rule cannot be evaluated: the budget runs out and nothing is claimed
+    assert a.report["thresholds"] is None and not a.reached and a.report["steps"] == 6
+
+
+def test_cancel_between_steps_restores_the_model(tiny_loaded, tiny_world, tmp_path):
+    before = _probe_logits(tiny_loaded)
+    calls = {"n": 0}
+
+    def should_cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Cancelled):
+        run_forget(
+            tiny_loaded,
+            tiny_world.forget,
+            tiny_world.retain,
+            tiny_world.holdout,
+            fast_config(max_steps=50, eval_every=100),
+            out_dir=tmp_path / "c",
+            should_cancel=should_cancel,
+        )
+    assert not (tmp_path / "c" / "adapter_model.safetensors").exists()
+    assert torch.equal(_probe_logits(tiny_loaded), before)
+    assert type(tiny_loaded.model).__name__ == "GPTNeoForCausalLM"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("init", INITS)
+def test_every_method_and_init_runs_and_exports(method, init, tiny_loaded, tiny_world, tmp_path):
+    before = _probe_logits(tiny_loaded)
+    r = run_forget(
+        tiny_loaded,
+        tiny_world.forget[:2],
+        tiny_world.retain[:20],
+        tiny_world.holdout[:6],
+        fast_config(method=method, init=init, max_steps=3, eval_every=100, retain_batch_size=4),
+        out_dir=tmp_path / "out",
+    )
+    assert r.report["steps"] >= 1
+    if init == "full":
+        assert r.adapter_dir is None and (tmp_path / "out" / "config.json").is_file()
+    else:
+        assert r.report["adapter"]["export_max_abs_diff"] <= 1e-4
+    assert torch.allclose(_probe_logits(tiny_loaded), before, atol=0)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_loaded, tiny_world, tmp_path):
+    with pytest.raises(InvalidInput, match="empty"):
+        run_forget(tiny_loaded, [], tiny_world.retain, tiny_world.holdout, fast_config(), out_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="target modules"):
+        run_forget(tiny_loaded, tiny_world.forget, [], [], fast_config(target_modules=["nope"]), out_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="unknown method"):
+        UnlearnConfig(method="sgd")
+    with pytest.raises(InvalidInput, match="rank"):
+        UnlearnConfig(rank=0)
