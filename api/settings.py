@@ -43,12 +43,38 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Security and compliance (docs/security.md): limits, rate limit, idempotency, audit signing key.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413).")
+    max_records_per_request: int = Field(1_000, ge=1, le=10_000, description="Records in one forget request.")
+    max_record_chars: int = Field(20_000, ge=1, le=100_000, description="Characters of one record or probe.")
+    max_probes_per_request: int = Field(200, ge=0, le=1_000, description="Probes in one forget request.")
+    rate_limit_per_minute: float = Field(1200.0, ge=0, description="Requests per API key and minute; 0 = off.")
+    rate_limit_burst: int = Field(200, ge=1, description="Requests a key may make at once before being limited.")
+    idempotency_ttl_seconds: float = Field(86_400.0, gt=0, description="How long an Idempotency-Key is kept.")
+    audit_signing_key: SecretStr | None = Field(None, description="Ed25519 private key (PEM) of certificates.")
+    audit_signing_key_file: Path | None = Field(
+        None, description="PEM file of the Ed25519 key; default <data_dir>/audit-signing-key.pem (development)."
+    )
 
     @model_validator(mode="after")
     def _no_dev_secret_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET_KEY:
             raise ValueError("UNLEARND_SECRET_KEY must be set to a real secret when UNLEARND_ENVIRONMENT=production")
         return self
+
+    @model_validator(mode="after")
+    def _signing_key_in_production(self) -> Settings:
+        """Certificates are only worth their key: production never generates one silently."""
+        if self.environment == "production" and self.audit_signing_key is None and self.audit_signing_key_file is None:
+            raise ValueError(
+                "UNLEARND_AUDIT_SIGNING_KEY or UNLEARND_AUDIT_SIGNING_KEY_FILE must be set when "
+                "UNLEARND_ENVIRONMENT=production"
+            )
+        return self
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return (self.audit_signing_key_file or self.data_dir / "audit-signing-key.pem").resolve()
 
     @property
     def resolved_database_url(self) -> str:
