@@ -21,14 +21,22 @@ def demo_model(
     forget: Annotated[int, typer.Option(help="People in forget.jsonl.")] = 10,
     holdout: Annotated[int, typer.Option(help="Never-trained people in holdout.jsonl.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed: the same seed builds the same world.")] = 0,
+    size: Annotated[
+        str, typer.Option(help="default (4 layers x 256, minutes) or tiny (2 x 128, seconds).")
+    ] = "default",
 ) -> None:
     """Generate fictitious people, train a tokenizer and a tiny GPT-Neo until it memorises them."""
-    from core.worlds.pii import WorldSpec, build_world
+    from dataclasses import replace
+
+    from core.worlds.pii import WorldSpec, build_world, tiny_spec
 
     if people < 2 or not 1 <= forget < people or holdout < 1:
         _fail("need people >= 2, 1 <= forget < people and holdout >= 1")
+    if size not in ("default", "tiny"):
+        _fail(f"unknown size {size!r}; choose default or tiny")
+    base = WorldSpec() if size == "default" else tiny_spec()
     try:
-        world = build_world(out, WorldSpec(people=people, forget=forget, holdout=holdout, seed=seed))
+        world = build_world(out, replace(base, people=people, forget=forget, holdout=holdout, seed=seed))
     except ValueError as e:
         _fail(str(e))
     typer.echo(

@@ -82,15 +82,18 @@ def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     fingerprint = weights_fingerprint(source)
+    if not (Path(source) / "config.json").is_file():
+        raise ModelLoadError(f"{source} has no config.json: not a Hugging Face model directory")
     dev = pick_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             str(source), local_files_only=True, dtype=dtype, attn_implementation="eager"
         )
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for bad dirs
-        raise ModelLoadError(f"cannot load a causal LM from {source}: {type(e).__name__}: {e}") from None
+        reason = " ".join(str(e).split())[:300]  # one line: it ends up in a job event or a CLI error
+        raise ModelLoadError(f"cannot load a causal LM from {source}: {type(e).__name__}: {reason}") from None
     model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
