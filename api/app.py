@@ -12,10 +12,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import security
+from api import certificates, idempotency, security
 from api.db import transaction, upgrade_to_head
-from api.errors import install_error_handlers
-from api.routers import adapters, audits, forget_requests, health, jobs, models
+from api.errors import ERROR_RESPONSES, install_error_handlers
+from api.guard import RequestGuard
+from api.ratelimit import RateLimiter
+from api.routers import adapters, audits, forget_requests, health, jobs, keys, models
 from api.settings import Settings
 from worker.dispatch import build_dispatcher
 from worker.runtime import Runtime
@@ -28,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.signing_key = certificates.load_signing_key(settings)  # refuses to start without one
         upgrade_to_head(settings)
         rt = Runtime.build(settings)
         with transaction(rt.sessions) as session:
@@ -54,15 +57,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    @app.exception_handler(idempotency.IdempotentReplay)
+    async def _replay(_: object, exc: idempotency.IdempotentReplay):  # noqa: ANN202
+        return idempotency.replay_response(exc)
+
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     for router in (
         models.router,
         forget_requests.router,
         jobs.router,
         adapters.router,
         audits.router,
+        keys.router,
         health.router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
     return app
 
 

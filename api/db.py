@@ -34,6 +34,7 @@ def make_engine(url: str) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA secure_delete=ON")  # purged payloads are overwritten, not left in free pages
         cur.close()
 
     @event.listens_for(engine, "begin")

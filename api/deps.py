@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from sqlalchemy.orm import Session
 
 from api import security
-from api.errors import NotFound, Unauthorized
+from api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
 from api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
+from api.ratelimit import RateLimiter, retry_after_header
 from api.settings import Settings
 from worker.dispatch import Dispatcher
 
@@ -36,24 +38,64 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 AppDispatcher = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer uk_…` (see `unlearnd keys create`).",
+)
+
+
 def authenticate(
+    security_scopes: SecurityScopes,
+    request: Request,
     session: DbSession,
     settings: AppSettings,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
-    """`Authorization: Bearer <key>`; a missing, unknown or revoked key is 401 (no hint which)."""
-    if not authorization:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
-    row = security.find_api_key(session, settings, key.strip())
+    """`Authorization: Bearer <key>`; a missing, unknown or revoked key is 401 (no hint which), a key without
+    the scopes the endpoint declares is 403. The key is looked up (and rate limited) once per request."""
+    row: ApiKey | None = getattr(request.state, "api_key", None)
     if row is None:
-        raise Unauthorized("invalid or revoked API key")
+        row = _lookup(request, session, settings, credentials)
+        request.state.api_key = row
+    missing = [s for s in security_scopes.scopes if s not in (row.scopes or [])]
+    if missing:
+        raise InsufficientScope(
+            f"this API key lacks the scope {', '.join(missing)}",
+            details={"required": security_scopes.scopes, "missing": missing},
+        )
     return row
 
 
-Caller = Annotated[ApiKey, Depends(authenticate)]
+def _lookup(
+    request: Request, session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> ApiKey:
+    if credentials is None or not credentials.credentials.strip():
+        if request.headers.get("authorization"):
+            raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    row = security.find_api_key(session, settings, credentials.credentials.strip())
+    if row is None:
+        raise Unauthorized("invalid or revoked API key")
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None and (wait := limiter.take(row.id)) > 0:
+        raise RateLimited(
+            f"rate limit of key {row.prefix} exceeded; retry later",
+            retry_after=retry_after_header(wait),
+            details={"per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst},
+        )
+    return row
+
+
+def scope(name: str) -> Any:
+    """A route dependency: the caller's key must hold scope `name` (else 403 `insufficient_scope`)."""
+    return Security(authenticate, scopes=[name])
+
+
+Caller = Annotated[ApiKey, Security(authenticate)]
+
+# Scopes (docs/security.md): which endpoints each one opens.
+MODELS_ADMIN, REQUESTS_WRITE, REQUESTS_READ, ADAPTERS_READ, AUDIT_READ = security.ALL_SCOPES
 
 
 def _loader(model: type[M], kind: str) -> Callable[..., M]:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("unlearnd.api")
@@ -39,6 +40,47 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     status_code = 403
     code = "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ApiError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details, headers={"Retry-After": str(retry_after)})
+
+
+class IdempotencyKeyReused(ApiError):
+    """IETF draft: the same key with a different request is a client error."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInFlight(ApiError):
+    """IETF draft: a retry while the first request with this key is still being processed."""
+
+    status_code = 409
+    code = "idempotency_key_in_flight"
+
+
+class LimitExceeded(ApiError):
+    """Records per request, characters per record, probes per request (the body-size limit is 413)."""
+
+    status_code = 422
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message, details)
+        self.code = code
 
 
 class NotFound(ApiError):
@@ -76,7 +118,16 @@ class NotReady(ApiError):
     code = "not_ready"
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -113,3 +164,32 @@ def install_error_handlers(app: FastAPI) -> None:
 class BlobMissing(ApiError):
     status_code = 410
     code = "blob_missing"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable; clients branch on it.")
+    message: str
+    details: Any = None
+
+
+class ErrorOut(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+def _described(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# Documented on every route, so the OpenAPI schema (and the fuzz test) knows every answer the API gives.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _described("Malformed request"),
+    401: _described("Missing, unknown or revoked API key"),
+    403: _described("The key lacks the scope this endpoint needs"),
+    404: _described("Unknown id, or an id of another tenant"),
+    409: _described("Conflict (duplicate, already finished, Idempotency-Key in flight)"),
+    413: _described("Request body larger than UNLEARND_MAX_BODY_BYTES"),
+    422: _described("Invalid body, query or header; a limit exceeded; Idempotency-Key reused"),
+    429: _described("Rate limit of the API key exceeded; see Retry-After"),
+}

@@ -3,11 +3,9 @@ with its job in one transaction (DESIGN §2) — dispatching happens only after 
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import schemas, security
+from api import limits, schemas, security
 from api.crypto import encrypt_payload
 from api.errors import InvalidConfig, NotFound
 from api.models import ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
@@ -37,12 +35,6 @@ def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_STORED}
 
 
-def find_by_key(session: Session, tenant_id: str, key: str) -> ForgetRequest | None:
-    return session.scalar(
-        select(ForgetRequest).where(ForgetRequest.tenant_id == tenant_id, ForgetRequest.idempotency_key == key)
-    )
-
-
 def create(
     session: Session,
     settings: Settings,
@@ -50,9 +42,10 @@ def create(
     body: schemas.ForgetRequestIn,
     idempotency_key: str | None,
 ) -> tuple[ForgetRequest, bool]:
-    """Return (request, created). The same Idempotency-Key returns the request it first created."""
-    if idempotency_key and (existing := find_by_key(session, caller.tenant_id, idempotency_key)):
-        return existing, False
+    """Return (request, created). Records and probes are encrypted (bound to the request id) before anything
+    is stored, the subject id only as its keyed hash. Retries with an Idempotency-Key are answered by
+    api/idempotency.py before this runs, so `created` is always true (kept for callers of the old API)."""
+    limits.check_forget_request(settings, body)
     model = session.get(BaseModel, body.model_id)
     if model is None or model.tenant_id != caller.tenant_id:
         raise NotFound(f"model {body.model_id!r} not found", details={"resource": "model", "id": body.model_id})
@@ -82,11 +75,5 @@ def create(
     session.add_all([req, job])
     session.flush()
     session.add(JobRequest(job_id=job.id, request_id=req.id))
-    try:
-        session.commit()
-    except IntegrityError:  # the same key committed concurrently: answer with that request
-        session.rollback()
-        if idempotency_key and (existing := find_by_key(session, caller.tenant_id, idempotency_key)):
-            return existing, False
-        raise
+    session.commit()
     return req, True

@@ -142,7 +142,6 @@ class ForgetRequest(Base):
     """
 
     __tablename__ = "forget_requests"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("req"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -150,7 +149,7 @@ class ForgetRequest(Base):
     subject_hash: Mapped[str] = mapped_column(String(64), index=True)
     legal_basis: Mapped[str] = mapped_column(String(200))
     ticket: Mapped[str | None] = mapped_column(String(200))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))  # for tracing; dedup is idempotency_keys
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     payload_purged_at: Mapped[datetime | None]
     record_salt: Mapped[str] = mapped_column(String(64))
@@ -271,3 +270,28 @@ class AuditRecord(Base):
     completed_at: Mapped[datetime]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyKey(Base):
+    """One `Idempotency-Key` of a tenant (IETF draft "The Idempotency-Key HTTP Header Field").
+
+    `fingerprint` is an HMAC of method, path and body (never the body: it holds the personal data to
+    erase); once the first request completed, its status, headers and body are replayed to every retry
+    until `expires_at`. `locked_until` bounds how long an in-flight reservation blocks retries if the
+    process died mid-request.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="in_flight")
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

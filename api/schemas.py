@@ -225,6 +225,50 @@ class ChainOut(BaseModel):
     head_hash: str | None
 
 
+class SignatureOut(BaseModel):
+    alg: Literal["Ed25519"]
+    key_id: str
+    value: str = Field(description="Base64 Ed25519 signature of the canonical JSON without `signature`.")
+
+
+class CertificateOut(BaseModel):
+    """An unlearning certificate (api/certificates.py): the audit record's fields, signed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    issuer: str
+    issued_at: str
+    audit_id: str
+    seq: int
+    request_id: str
+    subject_hash: str
+    record_hashes: list[str]
+    record_salt: str | None
+    record_hash_algorithm: str
+    model_id: str
+    model_fingerprint: str | None
+    adapter_version_id: str | None
+    adapter_version: int | None
+    adapter_sha256: str | None
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    verdict: str
+    requested_at: str
+    completed_at: str
+    prev_hash: str
+    hash: str
+    chained_fields: list[str]
+    signature: SignatureOut
+
+
+class PublicKeyOut(BaseModel):
+    alg: Literal["Ed25519"]
+    key_id: str
+    public_key: str = Field(description="Base64 of the raw 32-byte public key.")
+    pem: str
+
+
 class Page(BaseModel, Generic[T]):
     data: list[T]
     has_more: bool

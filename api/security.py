@@ -114,3 +114,32 @@ def ensure_bootstrap_key(session: Session, settings: Settings) -> None:
 
 def touch(row: ApiKey) -> None:
     row.last_used_at = utcnow()
+
+
+def parse_scopes(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+    """`["requests:write,requests:read", "audit:read"]` → a validated tuple; `all` means every scope."""
+    if values is None:
+        return ALL_SCOPES
+    items = [values] if isinstance(values, str) else list(values)
+    scopes: list[str] = []
+    for item in items:
+        for scope in (s.strip() for s in item.split(",")):
+            if not scope:
+                continue
+            if scope == "all":
+                scopes.extend(ALL_SCOPES)
+            elif scope not in ALL_SCOPES:
+                raise ValueError(f"unknown scope {scope!r}; choose from {', '.join(ALL_SCOPES)} (or 'all')")
+            else:
+                scopes.append(scope)
+    if not scopes:
+        raise ValueError("a key needs at least one scope")
+    return tuple(dict.fromkeys(scopes))
+
+
+def revoke_api_key(session: Session, prefix: str) -> ApiKey | None:
+    """Revoke the key with this visible prefix (idempotent); it answers 401 from its next request on."""
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row

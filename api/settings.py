@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     blob_dir: Path | None = Field(None, description="Adapter tarballs; default <data_dir>/blobs")
     dispatcher: Literal["thread", "celery"] = "thread"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_queue: str = Field("gpu", min_length=1, description="Queue of the Celery job task (workers: -Q).")
+    broker_key_prefix: str = Field("", description="Prefix of every Redis key of the broker (shared Redis).")
+    broker_visibility_timeout_seconds: float = Field(
+        86400.0, gt=0, description="Redis redelivers an unacknowledged task after this; keep it above the longest job."
+    )
     worker_threads: int = Field(1, ge=1, le=64, description="Concurrent jobs of the thread dispatcher.")
     lease_seconds: float = Field(60.0, gt=0, description="A claimed job is the worker's for this long.")
     sweep_interval_seconds: float = Field(5.0, gt=0)

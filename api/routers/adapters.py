@@ -9,10 +9,10 @@ from fastapi.responses import FileResponse
 
 from api import schemas, views
 from api.blobs import BlobStore
-from api.deps import AdapterDep, DbSession
+from api.deps import ADAPTERS_READ, AdapterDep, DbSession, scope
 from api.errors import BlobMissing
 
-router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[scope(ADAPTERS_READ)])
 
 
 @router.get("/{id}", response_model=schemas.AdapterOut)

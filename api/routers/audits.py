@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api import audit, schemas, security, views
-from api.deps import AppSettings, AuditDep, Caller, DbSession
-from api.models import VERDICTS, AuditRecord
+from api import audit, certificates, schemas, security, views
+from api.deps import AUDIT_READ, AppSettings, AuditDep, Caller, DbSession, scope
+from api.models import VERDICTS, AdapterVersion, AuditRecord, ForgetRequest, utcnow
 from api.pagination import decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/v1/audits", tags=["audits"])
+router = APIRouter(prefix="/v1/audits", tags=["audits"], dependencies=[scope(AUDIT_READ)])
 
 Verdict = Literal[VERDICTS]  # type: ignore[valid-type]
 
@@ -31,7 +31,8 @@ def list_audits(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> dict:
-    """Newest first. `subject` is hashed the way requests' subjects are, so the id itself is never stored."""
+    """Newest first. `subject` is hashed the way requests' subjects are (HMAC with the server secret), so the
+    id itself is never stored and never needed in the database."""
     query = select(AuditRecord).where(AuditRecord.tenant_id == caller.tenant_id).order_by(AuditRecord.seq.desc())
     if subject is not None:
         query = query.where(AuditRecord.subject_hash == security.subject_hash(settings, subject))
@@ -69,3 +70,33 @@ def verify(session: DbSession, caller: Caller) -> dict:
 @router.get("/{id}", response_model=schemas.AuditOut)
 def get_audit(record: AuditDep) -> schemas.AuditOut:
     return views.audit_out(record)
+
+
+@router.get(
+    "/{id}/certificate",
+    response_model=schemas.CertificateOut,
+    responses={200: {"description": "An Ed25519-signed certificate; verify it with the audit public key."}},
+)
+def get_certificate(record: AuditDep, session: DbSession, request: Request) -> Response:
+    """The audit record as a signed unlearning certificate (api/certificates.py). Verify it offline with
+    `unlearnd certificate verify FILE --public-key audit-public.json` (key: `GET /v1/keys/audit-public`)."""
+    salt = session.scalar(select(ForgetRequest.record_salt).where(ForgetRequest.id == record.request_id))
+    version = (
+        session.scalar(select(AdapterVersion.version).where(AdapterVersion.id == record.adapter_version_id))
+        if record.adapter_version_id
+        else None
+    )
+    doc = certificates.build(
+        record,
+        chained_fields=audit.CHAINED_FIELDS,
+        record_salt=salt,
+        adapter_version=version,
+        issued_at=utcnow(),
+        key=request.app.state.signing_key,
+    )
+    filename = f"certificate-{record.id}.json"
+    return Response(
+        certificates.canonical(doc),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

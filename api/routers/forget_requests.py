@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
 from api import forget, schemas, views
-from api.deps import AppDispatcher, AppSettings, Caller, DbSession, RequestDep
+from api.deps import REQUESTS_READ, REQUESTS_WRITE, AppDispatcher, AppSettings, Caller, DbSession, RequestDep, scope
 from api.errors import AlreadyFinished
+from api.idempotency import IdempotencyKeyHeader
 from api.models import FINAL_STATUSES
 from worker.transitions import request_cancel
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/forget-requests", tags=["forget requests"])
 log = logging.getLogger("unlearnd.api")
 
 
-@router.post("", status_code=202, response_model=schemas.ForgetRequestOut)
+@router.post("", status_code=202, response_model=schemas.ForgetRequestOut, dependencies=[scope(REQUESTS_WRITE)])
 def submit(
     body: schemas.ForgetRequestIn,
     session: DbSession,
@@ -25,31 +25,31 @@ def submit(
     caller: Caller,
     dispatcher: AppDispatcher,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> schemas.ForgetRequestOut:
-    """Commits the request and its job, then dispatches the job by id. The same `Idempotency-Key` returns
-    the request it first created (and does not run it twice)."""
-    req, created = forget.create(session, settings, caller, body, idempotency_key)
+    """Needs `requests:write`. Commits the request and its job, then dispatches the job by id. A retry with
+    the same `Idempotency-Key` and body gets the first response back (the request is not created twice)."""
+    req, _ = forget.create(session, settings, caller, body, idempotency_key)
     out = views.request_out(session, req)
     session.commit()
-    if created:
-        try:
-            dispatcher.dispatch(out.job_id)
-        except Exception:  # committed is what counts: the sweeper dispatches it later
-            log.warning("dispatch of %s failed; the sweeper will retry", out.job_id, exc_info=True)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
+    try:
+        dispatcher.dispatch(out.job_id)
+    except Exception:  # committed is what counts: the sweeper dispatches it later
+        log.warning("dispatch of %s failed; the sweeper will retry", out.job_id, exc_info=True)
     response.headers["Location"] = f"/v1/forget-requests/{out.id}"
     return out
 
 
-@router.get("/{id}", response_model=schemas.ForgetRequestOut)
+@router.get("/{id}", response_model=schemas.ForgetRequestOut, dependencies=[scope(REQUESTS_READ)])
 def get_request(req: RequestDep, session: DbSession) -> schemas.ForgetRequestOut:
+    """Needs `requests:read`. Shows the per-record hashes, never the records."""
     return views.request_out(session, req)
 
 
-@router.post("/{id}/cancel", status_code=202, response_model=schemas.ForgetRequestOut)
-def cancel(req: RequestDep, session: DbSession) -> schemas.ForgetRequestOut:
+@router.post(
+    "/{id}/cancel", status_code=202, response_model=schemas.ForgetRequestOut, dependencies=[scope(REQUESTS_WRITE)]
+)
+def cancel(req: RequestDep, session: DbSession, _idempotency: IdempotencyKeyHeader) -> schemas.ForgetRequestOut:
     """A queued request is cancelled at once; a running one stops at its next step (status `cancelling`)."""
     job = views.job_of_request(session, req.id)
     if job.status in FINAL_STATUSES:

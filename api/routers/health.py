@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
-from api.deps import Caller, DbSession
+from api.deps import MODELS_ADMIN, Caller, DbSession, scope
 from api.errors import NotReady
 from api.models import Job
 
@@ -32,10 +32,12 @@ def readyz(request: Request, session: DbSession) -> dict:
     return {"status": "ready", "dispatcher": dispatcher.name}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[scope(MODELS_ADMIN)])
 def metrics(session: DbSession, caller: Caller) -> str:
-    """Prometheus text format: jobs by status (all tenants: an operator's view)."""
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    """Prometheus text format: the caller's tenant's jobs by status (needs `models:admin`)."""
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.tenant_id == caller.tenant_id).group_by(Job.status)
+    ).all()
     lines = ["# HELP unlearnd_jobs Jobs by status.", "# TYPE unlearnd_jobs gauge"]
     lines += [f'unlearnd_jobs{{status="{status}"}} {count}' for status, count in sorted(rows)]
     return "\n".join(lines) + "\n"

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api import schemas, views
-from api.deps import DbSession, JobDep
+from api.deps import REQUESTS_READ, DbSession, JobDep, scope
 from api.models import JobEvent
 from api.pagination import decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[scope(REQUESTS_READ)])
 
 
 @router.get("/{id}", response_model=schemas.JobOut)

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api import schemas, views
-from api.deps import Caller, DbSession, ModelDep
+from api import limits, schemas, views
+from api.deps import ADAPTERS_READ, MODELS_ADMIN, AppSettings, Caller, DbSession, ModelDep, scope
 from api.errors import Conflict, InvalidConfig, InvalidModelSource
+from api.idempotency import IdempotencyKeyHeader
 from api.models import AdapterVersion, BaseModel
 from api.pagination import decode_cursor, encode_cursor
 from core.config import ADAPTER_INITS, UnlearnConfig
@@ -43,8 +44,17 @@ def _check_defaults(defaults: schemas.ModelDefaultsIn | None) -> dict:
     return values
 
 
-@router.post("", status_code=201, response_model=schemas.ModelOut)
-def register_model(body: schemas.ModelIn, session: DbSession, caller: Caller) -> schemas.ModelOut:
+@router.post("", status_code=201, response_model=schemas.ModelOut, dependencies=[scope(MODELS_ADMIN)])
+def register_model(
+    body: schemas.ModelIn,
+    session: DbSession,
+    settings: AppSettings,
+    caller: Caller,
+    _idempotency: IdempotencyKeyHeader,
+) -> schemas.ModelOut:
+    """Needs `models:admin`. Reference sets obey the per-record character limit."""
+    for field, records in (("retain", body.retain), ("holdout", body.holdout)):
+        limits.check_record_chars(settings, field, records)
     source = _check_source(body.source)
     defaults = _check_defaults(body.default_config)
     taken = session.scalar(
@@ -85,7 +95,7 @@ def get_model(model: ModelDep, session: DbSession) -> schemas.ModelOut:
     return views.model_out(session, model)
 
 
-@router.get("/{id}/adapters", response_model=schemas.Page[schemas.AdapterOut])
+@router.get("/{id}/adapters", response_model=schemas.Page[schemas.AdapterOut], dependencies=[scope(ADAPTERS_READ)])
 def list_adapters(model: ModelDep, session: DbSession, limit: Limit = 50, cursor: str | None = None) -> dict:
     """Versions newest first; each names its parent (the version it extends)."""
     query = select(AdapterVersion).where(AdapterVersion.model_id == model.id).order_by(AdapterVersion.version.desc())
