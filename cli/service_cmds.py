@@ -73,23 +73,36 @@ def serve(
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     tenant: Annotated[str, typer.Option(help="Tenant of the key.")] = "default",
+    scopes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scopes",
+            help="Comma-separated or repeated: models:admin, requests:write, requests:read, adapters:read, "
+            "audit:read, or all (the default).",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key in the configured database and print it (it is shown only once)."""
     from api.db import make_engine, make_session_factory, transaction, upgrade_to_head
-    from api.security import create_api_key
+    from api.security import create_api_key, parse_scopes
     from api.settings import Settings
 
+    try:
+        chosen = parse_scopes(scopes)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     settings = Settings()
     upgrade_to_head(settings)
     engine = make_engine(settings.resolved_database_url)
     try:
         with transaction(make_session_factory(engine)) as session:
-            row, key = create_api_key(session, settings, tenant=tenant, name=name)
+            row, key = create_api_key(session, settings, tenant=tenant, name=name, scopes=chosen)
             prefix = row.prefix
     finally:
         engine.dispose()
     typer.echo(key)
-    typer.echo(f"(prefix {prefix}; store the key now, it is not shown again)", err=True)
+    typer.echo(f"(prefix {prefix}, tenant {tenant}, scopes {','.join(chosen)}; store the key now)", err=True)
 
 
 # --- client commands ---------------------------------------------------------------------------------------
@@ -402,3 +415,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(forget_app, name="forget")
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(audits_app, name="audits")
+    from cli import security_cmds  # keys revoke/list, certificate get/verify
+
+    security_cmds.register(app)
