@@ -69,6 +69,34 @@ def serve(
     serve_forever(settings, host or settings.host, port if port is not None else settings.port)
 
 
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Default: UNLEARND_CELERY_QUEUE.")] = None,
+    gpu: Annotated[
+        str | None, typer.Option(help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES; one worker per GPU).")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: solo (default: one job per process) or prefork.")] = "solo",
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", help="Processes (prefork only).")] = 1,
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO",
+    hostname: Annotated[str | None, typer.Option("-n", "--hostname", help="Node name (default gpuN@host).")] = None,
+) -> None:
+    """Run a Celery worker for UNLEARND_DISPATCHER=celery: one job at a time on one device, plus the sweeper.
+
+    Start one per GPU (`--gpu 0`, `--gpu 1`, ...) or one on a CPU host. Extra arguments go to `celery worker`.
+    """
+    import os
+
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    from worker.celery_app import worker_app
+
+    app = worker_app()
+    argv = ["worker", "-Q", queues or app.conf.task_default_queue, "-P", pool, "-c", str(concurrency), "-l", loglevel]
+    argv += ["-n", hostname or (f"gpu{gpu}@%h" if gpu is not None else "worker@%h")]
+    argv += ["--without-gossip", "--without-mingle"]  # nothing to gossip: the database coordinates workers
+    app.worker_main([*argv, *ctx.args])
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
@@ -410,6 +438,7 @@ def demo(
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("demo")(demo)
+    app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(worker)
     app.add_typer(keys_app, name="keys")
     app.add_typer(models_app, name="models")
     app.add_typer(forget_app, name="forget")

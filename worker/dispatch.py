@@ -1,14 +1,15 @@
 """Dispatchers: how a job id reaches `run_job`. The API only knows the `Dispatcher` interface.
 
-The embedded `ThreadDispatcher` runs jobs in a small pool inside the API process, with its own sweeper;
-production adds a Celery dispatcher (`dispatch` = send a task whose task_id is the job id) and only swaps
-the factory entry below.
+The embedded `ThreadDispatcher` runs jobs in a small pool inside the API process, with its own sweeper.
+The production `CeleryDispatcher` sends a task by name (task_id = job id) to the `gpu` queue; the workers
+run the jobs and the sweepers (worker/celery_app.py), so the API process needs neither torch nor a sweeper.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -94,9 +95,51 @@ def _all_queued(now: datetime) -> datetime:
     return now
 
 
+class CeleryDispatcher:
+    """Publishes job ids to the broker. A failed publish is logged by the caller and healed by a worker's
+    sweeper (the job is committed; the database, not the broker, is the source of truth)."""
+
+    name = "celery"
+    PING_TTL = 5.0
+
+    def __init__(self, rt: Runtime) -> None:
+        from worker.celery_app import make_celery
+
+        self.rt = rt
+        self.queue = rt.settings.celery_queue
+        self.app = make_celery(rt.settings)
+        self._ping: tuple[float, bool] = (0.0, False)
+        self._ping_lock = threading.Lock()
+
+    def start(self) -> None:
+        pass
+
+    def dispatch(self, job_id: str) -> None:
+        from worker.celery_app import send_job
+
+        send_job(self.app, job_id, self.queue)
+
+    def stop(self) -> None:
+        self.app.close()
+
+    def alive(self) -> bool:
+        """The broker answers (cached for a few seconds, so /readyz stays cheap)."""
+        with self._ping_lock:
+            checked_at, ok = self._ping
+            if time.monotonic() - checked_at < self.PING_TTL:
+                return ok
+            try:
+                with self.app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=2)
+                ok = True
+            except Exception:
+                log.warning("broker %s unreachable", self.rt.settings.broker_url, exc_info=True)
+                ok = False
+            self._ping = (time.monotonic(), ok)
+            return ok
+
+
 def build_dispatcher(rt: Runtime) -> Dispatcher:
-    if rt.settings.dispatcher == "thread":
-        return ThreadDispatcher(rt, threads=rt.settings.worker_threads)
-    raise RuntimeError(
-        f"dispatcher {rt.settings.dispatcher!r} is not available in this build; use UNLEARND_DISPATCHER=thread"
-    )
+    if rt.settings.dispatcher == "celery":
+        return CeleryDispatcher(rt)
+    return ThreadDispatcher(rt, threads=rt.settings.worker_threads)

@@ -8,6 +8,7 @@ model is lent to one job at a time.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,14 +38,17 @@ class ModelCache:
         self._lock = threading.Lock()
 
     @contextmanager
-    def borrow(self, source: str, device: str | None) -> Iterator[Any]:
-        """Yield a `core.modeling.LoadedModel` for `source`, loading it unless a cached copy is current."""
+    def borrow(self, source: str, device: str | None, stats: dict[str, Any] | None = None) -> Iterator[Any]:
+        """Yield a `core.modeling.LoadedModel` for `source`, loading it unless a cached copy is current.
+        `stats`, if given, receives `hit` (bool) and `load_seconds` (time to get the model, waits included)."""
         from core.modeling import load_model
 
+        started = time.perf_counter()
         path = Path(source).expanduser().resolve()
         key = (str(path), device, _stat_key(path))
         with self._lock:
             entry = self._entries.get(key)
+            hit = entry is not None
             if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
@@ -56,6 +60,8 @@ class ModelCache:
                     while len(self._entries) > self.capacity:
                         self._entries.popitem(last=False)
         with entry.lock:
+            if stats is not None:
+                stats.update(hit=hit, load_seconds=time.perf_counter() - started)
             yield entry.loaded
 
     def clear(self) -> None:

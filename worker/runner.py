@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.archive import pack_dir, unpack
 from api.crypto import decrypt_payload
@@ -61,6 +62,7 @@ def run_job(job_id: str, runtime: Runtime | None = None) -> str:
     rt = runtime or default_runtime()
     settings = rt.settings
     with transaction(rt.sessions) as session:
+        _serialise_claims_of_model(session, job_id)
         now = utcnow()
         if not protocol.claim(session, job_id, rt.owner, now, settings.lease_seconds, settings.max_attempts):
             transitions.fail_if_exhausted(session, job_id, settings.max_attempts)
@@ -98,6 +100,20 @@ def run_job(job_id: str, runtime: Runtime | None = None) -> str:
         return _crashed(rt, job_id, e)
 
 
+def _serialise_claims_of_model(session: Session, job_id: str) -> None:
+    """On PostgreSQL, claims of one model's jobs queue on the model's row lock (the lock publish takes).
+
+    The claim's "model not busy" condition reads other jobs' rows; under READ COMMITTED two workers claiming
+    two jobs of one model at the same moment would both see it free. With the lock, the second claim runs
+    after the first committed and sees its lease. SQLite's BEGIN IMMEDIATE already serialises claims.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    model_id = session.scalar(select(Job.model_id).where(Job.id == job_id))
+    if model_id is not None:
+        session.execute(select(BaseModel.id).where(BaseModel.id == model_id).with_for_update())
+
+
 def _prefix(e: CoreError) -> str:
     return "model could not be loaded: " if isinstance(e, ModelLoadError) else ""
 
@@ -112,7 +128,9 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
     try:
         previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
         config = UnlearnConfig.from_dict({**inputs.config, "device": rt.settings.device})
-        with model_cache(rt.settings.model_cache_size).borrow(inputs.source, rt.settings.device) as loaded:
+        stats: dict[str, Any] = {}
+        with model_cache(rt.settings.model_cache_size).borrow(inputs.source, rt.settings.device, stats) as loaded:
+            _model_event(rt, job_id, stats)
             _check_fingerprint(rt, inputs, loaded.fingerprint)
             result = run_forget(
                 loaded,
@@ -139,6 +157,13 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
         return SUCCEEDED
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_event(rt: Runtime, job_id: str, stats: dict[str, Any]) -> None:
+    how = "taken from the worker's model cache" if stats.get("hit") else "loaded"
+    seconds = float(stats.get("load_seconds", 0.0))
+    data = {"model_cache": "hit" if stats.get("hit") else "miss", "load_seconds": round(seconds, 4)}
+    _in_tx(rt, transitions.add_event, job_id, f"base model {how} in {seconds:.2f} s", data=data)
 
 
 def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:

@@ -2,39 +2,132 @@
 
 Runs once when a dispatcher starts (so a restarted service resumes its unfinished jobs) and then every
 `sweep_interval_seconds`. Jobs with no attempts left are failed here instead of being dispatched.
+
+With a broker (Celery), every worker runs a sweeper and a message may wait in the queue for hours behind
+other jobs, so the broker mode re-dispatches more carefully, to avoid message storms:
+- a queued job only when its last dispatch is older than `redispatch_after_seconds` (or was consumed
+  without a claim) AND its id is not in the broker's queue (when the queue can be read);
+- a job whose lease expired only once per expiry (not at every sweep while it waits for a worker);
+- never a job whose model is busy (another job of the model holds a live lease: its claim would lose);
+- on PostgreSQL, one sweeper at a time (a transaction-scoped advisory try-lock; the others skip a round).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from api.db import transaction
-from api.models import utcnow
+from api.models import QUEUED, Job, utcnow
 from worker import protocol, transitions
 from worker.runtime import Runtime
 
 log = logging.getLogger("unlearnd.sweeper")
 
+_SWEEP_LOCK = 4242002  # pg advisory lock id (the audit chain uses 4242001)
 
-def sweep_once(rt: Runtime, dispatch: Callable[[str], None], queued_before: datetime | None = None) -> list[str]:
+
+class BrokerQueue:
+    """Reads which job ids wait in a Celery queue on Redis (the "live messages"); None when it cannot tell."""
+
+    def __init__(self, app: Any, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def live_ids(self) -> set[str] | None:
+        try:
+            with self.app.connection_for_read() as conn:
+                channel = conn.default_channel
+                if not hasattr(channel, "_q_for_pri"):  # not the Redis transport
+                    return None
+                prefix = getattr(channel, "global_keyprefix", "") or ""
+                ids: set[str] = set()
+                for pri in channel.priority_steps:
+                    key = prefix + channel._q_for_pri(self.queue, pri)
+                    for raw in channel.client.lrange(key, 0, -1):
+                        task_id = _task_id(raw)
+                        if task_id:
+                            ids.add(task_id)
+                return ids
+        except Exception:
+            log.warning("could not read the broker queue %r", self.queue, exc_info=True)
+            return None
+
+
+def _task_id(raw: bytes | str) -> str | None:
+    try:
+        message = json.loads(raw)
+        return message.get("headers", {}).get("id") or message.get("properties", {}).get("correlation_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _try_lock(session: Session) -> bool:
+    if session.get_bind().dialect.name != "postgresql":
+        return True  # SQLite: BEGIN IMMEDIATE already serialises transactions
+    return bool(session.scalar(text(f"SELECT pg_try_advisory_xact_lock({_SWEEP_LOCK})")))
+
+
+def _broker_candidates(session: Session, now: datetime, cutoff: datetime, max_attempts: int) -> list[str]:
+    stale_queue = and_(Job.status == QUEUED, or_(Job.dispatched_at.is_(None), Job.dispatched_at <= cutoff))
+    lease_lost = and_(
+        Job.status.in_(protocol.IN_FLIGHT),
+        or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+        or_(Job.dispatched_at.is_(None), Job.dispatched_at <= cutoff, Job.dispatched_at < Job.lease_expires_at),
+    )
+    rows = session.scalars(
+        select(Job.id)
+        .where(Job.attempts < max_attempts, or_(stale_queue, lease_lost), ~protocol._model_busy(now))
+        .order_by(Job.created_at)
+    )
+    return list(rows)
+
+
+def sweep_once(
+    rt: Runtime,
+    dispatch: Callable[[str], None],
+    queued_before: datetime | None = None,
+    broker: BrokerQueue | None = None,
+) -> list[str]:
     """Fail exhausted jobs, dispatch the rest; `queued_before` (default now − redispatch_after) bounds which
-    queued jobs count as having lost their message."""
+    queued jobs count as having lost their message. `broker` switches to the broker mode (module doc)."""
     settings = rt.settings
     now = utcnow()
     cutoff = queued_before or now - timedelta(seconds=settings.redispatch_after_seconds)
     with transaction(rt.sessions) as session:
+        if not _try_lock(session):
+            return []
         for job_id in protocol.exhausted(session, now, settings.max_attempts):
             transitions.fail_if_exhausted(session, job_id, settings.max_attempts)
-        job_ids = protocol.dispatchable(session, now, cutoff, settings.max_attempts)
-        protocol.mark_dispatched(session, job_ids, now)
+        if broker is None:
+            job_ids = protocol.dispatchable(session, now, cutoff, settings.max_attempts)
+            protocol.mark_dispatched(session, job_ids, now)
+        else:
+            job_ids = _broker_candidates(session, now, cutoff, settings.max_attempts)
+            if job_ids:
+                live = broker.live_ids()
+                job_ids = [j for j in job_ids if live is None or j not in live]
+            if job_ids:
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(job_ids))
+                    .values(dispatched_at=now)
+                    .execution_options(synchronize_session=False)
+                )
     for job_id in job_ids:
         try:
             dispatch(job_id)
         except Exception:  # the broker may be down; the next sweep tries again
             log.warning("could not dispatch %s", job_id, exc_info=True)
+    if job_ids:
+        log.info("re-dispatched %d job(s): %s", len(job_ids), ", ".join(job_ids))
     return job_ids
 
 
@@ -44,10 +137,12 @@ class Sweeper:
         rt: Runtime,
         dispatch: Callable[[str], None],
         queued_before: Callable[[datetime], datetime] | None = None,
+        broker: BrokerQueue | None = None,
     ) -> None:
         self.rt = rt
         self.dispatch = dispatch
         self.queued_before = queued_before
+        self.broker = broker
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unlearnd-sweeper", daemon=True)
@@ -61,7 +156,7 @@ class Sweeper:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
     def alive(self) -> bool:
@@ -71,7 +166,8 @@ class Sweeper:
         while not self._stop.is_set():
             try:
                 now = utcnow()
-                sweep_once(self.rt, self.dispatch, self.queued_before(now) if self.queued_before else None)
+                cutoff = self.queued_before(now) if self.queued_before else None
+                sweep_once(self.rt, self.dispatch, cutoff, broker=self.broker)
             except Exception:
                 log.exception("sweep failed")
             self._wake.wait(self.rt.settings.sweep_interval_seconds)
