@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from api import schemas, views
 from api.blobs import BlobStore
 from api.deps import ADAPTERS_READ, AdapterDep, DbSession, scope
-from api.errors import BlobMissing
+from api.errors import BlobMissing, ErrorOut
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[scope(ADAPTERS_READ)])
 
@@ -23,7 +23,11 @@ def get_adapter(adapter: AdapterDep) -> schemas.AdapterOut:
 @router.get(
     "/{id}/download",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}}, 304: {"description": "Not modified (ETag)"}},
+    responses={
+        200: {"content": {"application/gzip": {}}},
+        304: {"description": "Not modified (ETag)"},
+        410: {"model": ErrorOut, "description": "The tarball is missing from the blob store"},
+    },
 )
 def download(
     adapter: AdapterDep,

@@ -32,12 +32,17 @@ def readyz(request: Request, session: DbSession) -> dict:
     return {"status": "ready", "dispatcher": dispatcher.name}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, dependencies=[scope(MODELS_ADMIN)])
-def metrics(session: DbSession, caller: Caller) -> str:
+@router.get(
+    "/metrics",
+    response_model=None,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    dependencies=[scope(MODELS_ADMIN)],
+)
+def metrics(session: DbSession, caller: Caller) -> PlainTextResponse:
     """Prometheus text format: the caller's tenant's jobs by status (needs `models:admin`)."""
     rows = session.execute(
         select(Job.status, func.count()).where(Job.tenant_id == caller.tenant_id).group_by(Job.status)
     ).all()
     lines = ["# HELP unlearnd_jobs Jobs by status.", "# TYPE unlearnd_jobs gauge"]
     lines += [f'unlearnd_jobs{{status="{status}"}} {count}' for status, count in sorted(rows)]
-    return "\n".join(lines) + "\n"
+    return PlainTextResponse("\n".join(lines) + "\n")  # errors stay JSON (and documented so)

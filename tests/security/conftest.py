@@ -7,10 +7,26 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select, text
 
+from api import forget, schemas
 from api.db import transaction
+from api.models import ApiKey, utcnow
 from api.security import ALL_SCOPES, create_api_key
+from api.settings import Settings
 from tests.service.support import Live, start_live, stop_live
+from worker import protocol
+from worker.publish import Built, active_version, publish
+
+RECORDS = [{"text": "Quentin Marsh was born in Oakridge."}, {"prompt": "His phone is", "completion": " 555 0101."}]
+REPORT = {
+    "before": {"forget": {"ma": 0.9, "el10": 0.8}, "holdout": {"ma": 0.3}, "mia": {"loss_auc": 0.97}},
+    "after": {"forget": {"ma": 0.1 + 0.2, "el10": 1e-05}, "holdout": {"ma": 0.31}, "mia": {"loss_auc": float("nan")}},
+    "thresholds": {"ma": 0.3, "el": 0.05},
+    "steps": 12,
+    "reached": True,
+    "adapter": {"rank": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +56,29 @@ def expect_error(r: httpx.Response, status: int, code: str) -> dict:
     assert err["code"] == code, err
     assert err["message"]
     return err
+
+
+def publish_request(
+    session_factory,
+    settings: Settings,
+    model_id: str,
+    subject: str,
+    records: list[dict] = RECORDS,
+    built: Built | None = None,
+) -> str:
+    """Create a request and publish its job exactly as a worker would (adapter version + audit + purge),
+    with a made-up report instead of a trained model. Returns the request id."""
+    owner = "test-worker"
+    body = schemas.ForgetRequestIn(
+        model_id=model_id, subject={"id": subject, "legal_basis": "GDPR Art. 17"}, records=records
+    )
+    with session_factory() as session:
+        caller = session.scalar(select(ApiKey).where(ApiKey.name == "bootstrap"))
+        req, _ = forget.create(session, settings, caller, body, None)
+        job_id = session.execute(text("SELECT job_id FROM job_requests WHERE request_id = :r"), {"r": req.id}).scalar()
+    with transaction(session_factory) as session:
+        assert protocol.claim(session, job_id, owner, utcnow(), 60, 3)
+        parent = active_version(session, model_id)
+        built = built or Built("a" * 64, 123, "local:adapters/none.tar.gz", REPORT, True, "f" * 64)
+        publish(session, job_id, owner, parent.id if parent else None, built)
+    return req.id

@@ -16,56 +16,20 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from api import certificates, forget, schemas
+from api import certificates
 from api.db import transaction
-from api.models import ApiKey, utcnow
 from api.settings import Settings
 from cli.main import app as cli_app
 from tests.service.support import ADMIN_KEY, Live, start_live, stop_live
-from worker import protocol
-from worker.publish import Built, publish
 
-from .conftest import expect_error, sessions
-
-RECORDS = [{"text": "Quentin Marsh was born in Oakridge."}, {"prompt": "His phone is", "completion": " 555 0101."}]
-REPORT = {
-    "before": {"forget": {"ma": 0.9, "el10": 0.8}, "holdout": {"ma": 0.3}, "mia": {"loss_auc": 0.97}},
-    "after": {"forget": {"ma": 0.1 + 0.2, "el10": 1e-05}, "holdout": {"ma": 0.31}, "mia": {"loss_auc": float("nan")}},
-    "thresholds": {"ma": 0.3, "el": 0.05},
-    "steps": 12,
-    "reached": True,
-    "adapter": {"rank": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]},
-}
-
-
-def publish_request(live: Live, model_id: str, subject: str, records: list[dict] = RECORDS) -> str:
-    """Create a request and publish its job as a worker would (adapter version + audit + purge)."""
-    owner = "test-worker"
-    body = schemas.ForgetRequestIn(
-        model_id=model_id, subject={"id": subject, "legal_basis": "GDPR Art. 17"}, records=records
-    )
-    with sessions(live)() as session:
-        caller = session.query(ApiKey).filter(ApiKey.name == "bootstrap").one()
-        req, _ = forget.create(session, live.settings, caller, body, None)
-        job_id = session.execute(text("SELECT job_id FROM job_requests WHERE request_id = :r"), {"r": req.id}).scalar()
-    with transaction(sessions(live)) as session:
-        assert protocol.claim(session, job_id, owner, utcnow(), 60, 3)
-        built = Built("a" * 64, 123, "local:adapters/x.tar.gz", REPORT, True, "f" * 64)
-        publish(session, job_id, owner, _active(session, model_id), built)
-    return req.id
-
-
-def _active(session, model_id: str) -> str | None:
-    return session.execute(
-        text("SELECT id FROM adapter_versions WHERE model_id = :m AND status = 'active'"), {"m": model_id}
-    ).scalar()
+from .conftest import RECORDS, expect_error, publish_request, sessions
 
 
 @pytest.fixture(scope="module")
 def published(live: Live, tmp_path_factory: pytest.TempPathFactory) -> dict:
     source = tmp_path_factory.mktemp("model")
     model_id = live.client.post("/v1/models", json={"name": "cert", "source": str(source)}).json()["id"]
-    request_ids = [publish_request(live, model_id, f"subject-{i}") for i in range(3)]
+    request_ids = [publish_request(sessions(live), live.settings, model_id, f"subject-{i}") for i in range(3)]
     audits = [live.client.get(f"/v1/forget-requests/{r}").json()["audit_id"] for r in request_ids]
     return {"model_id": model_id, "requests": request_ids, "audits": audits}
 
