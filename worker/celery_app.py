@@ -98,8 +98,9 @@ def run_job_task(job_id: str) -> str:
     outcome = run_job(job_id, rt)
     if outcome == NOT_CLAIMED:
         _message_consumed(rt, job_id)
-    elif _sweeper is not None:  # a job ended: jobs that waited for its model may start now
-        _sweeper.wake()
+    # No sweep is forced when a job ends: the next message is being delivered at that moment and a sweep
+    # would see its job queued with no message in the list (a harmless but systematic duplicate). Jobs that
+    # waited for this job's model are dispatched by the next periodic sweep.
     return outcome
 
 

@@ -45,8 +45,10 @@ def services() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _require_services(services: None) -> None:
-    """Every test of this directory needs both services."""
+def _require_services(request: pytest.FixtureRequest) -> None:
+    """Tests marked `integration` need both services (the deployment-file checks need neither)."""
+    if request.node.get_closest_marker("integration"):
+        request.getfixturevalue("services")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,88 @@
+"""Workers die; nothing is lost or duplicated: a worker SIGKILLed mid-unlearning (a new worker finishes the
+job, once) and a job that kills its worker every time (it fails at the attempt cap instead of looping)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from api.models import AdapterVersion, AuditRecord
+from worker.runtime import Runtime
+
+from .support import LONG, TINY, Api, Broker, WorkerProcess, make_settings, register_model, start_api, submit
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, pg_url: str, broker: Broker) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("faults")
+    a = start_api(make_settings(root / "data", pg_url, broker))
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def db(api: Api) -> Iterator[Runtime]:
+    rt = Runtime.build(api.settings)
+    yield rt
+    rt.close()
+
+
+def _count(db: Runtime, model, column, value) -> int:
+    with db.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model).where(column == value))
+
+
+def test_worker_killed_mid_unlearning_is_completed_once_by_a_new_worker(api: Api, db: Runtime, tiny_world, tmp_path):
+    model_id = register_model(api, tiny_world, "killed", retain=False)
+    first = WorkerProcess(api.settings, tmp_path / "first.log").start()
+    try:
+        req = submit(api, model_id, [r.to_dict() for r in tiny_world.forget[:2]], LONG, subject="killed")
+        api.wait_step(req["job_id"], step=1)
+    finally:
+        first.kill()  # SIGKILL: no ack, no release; the lease runs out
+    assert api.job(req["job_id"])["status"] == "running"
+
+    second = WorkerProcess(api.settings, tmp_path / "second.log").start()
+    try:
+        final = api.wait(req["id"])
+    finally:
+        second.stop()
+    assert final["status"] == "succeeded", final
+    job = api.job(req["job_id"])
+    assert job["attempts"] == 2
+    assert _count(db, AdapterVersion, AdapterVersion.job_id, req["job_id"]) == 1
+    assert _count(db, AuditRecord, AuditRecord.request_id, req["id"]) == 1
+    started = [e for e in api.events(req["job_id"]) if e["message"].startswith("attempt ")]
+    assert [e["message"] for e in started] == ["attempt 1 of 3 started", "attempt 2 of 3 started"]
+    assert str(first.proc.pid) in started[0]["data"]["worker"]
+    assert str(second.proc.pid) in started[1]["data"]["worker"]
+
+
+def test_job_that_always_crashes_its_worker_fails_at_the_attempt_cap(api: Api, db: Runtime, tiny_world, tmp_path):
+    """Prefork pool here: the pool process dies with SIGKILL at every attempt, the parent forks a new one and
+    its sweeper re-dispatches the job when the lease expires, until the cap fails it for good."""
+    source = shutil.copytree(tiny_world.model_dir, tmp_path / "crash-me")  # the API stores resolved paths
+    model_id = register_model(api, tiny_world, "crasher", retain=False, source=source)
+    extra = ["--pool", "prefork", "-I", "tests.integration.crash_plugin"]
+    worker = WorkerProcess(api.settings, tmp_path / "crash.log", extra_args=extra).start()
+    try:
+        req = submit(api, model_id, [r.to_dict() for r in tiny_world.forget[:1]], TINY, subject="crasher")
+        final = api.wait(req["id"], timeout=180)
+        assert worker.alive()  # the pool process died each time, the worker did not
+    finally:
+        worker.stop()
+    assert final["status"] == "failed"
+    job = api.job(req["job_id"])
+    assert job["error_code"] == "attempts_exhausted" and job["attempts"] == 3
+    assert "gave up after 3 attempts" in job["error"]
+    messages = [e["message"] for e in api.events(req["job_id"])]
+    assert [m for m in messages if m.startswith("attempt ")] == [f"attempt {i} of 3 started" for i in (1, 2, 3)]
+    assert _count(db, AdapterVersion, AdapterVersion.model_id, model_id) == 0
+    with db.sessions() as session:
+        verdicts = session.scalars(select(AuditRecord.verdict).where(AuditRecord.request_id == req["id"])).all()
+    assert verdicts == ["failed"]
