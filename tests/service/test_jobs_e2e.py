@@ -184,11 +184,27 @@ def test_second_request_makes_a_cumulative_version_2(
     assert model_cache(1).hits >= 1  # the second job did not load the base model again
 
 
-def test_idempotent_replay_after_completion_returns_the_finished_request(live: Live, model_id: str, first: dict):
-    body = {"model_id": model_id, "subject": SUBJECT_1, "records": [{"text": "whatever"}]}
+def test_idempotent_replay_after_completion_returns_the_first_response(
+    live: Live, model_id: str, first: dict, service_world, job_config: dict
+):
+    """IETF Idempotency-Key semantics (issue 5): the same key and body replay the stored first response;
+    the same key with another body is refused; the request's current state is a GET away."""
+    half = len(service_world.forget) // 2
+    text = service_world.forget[0].full_text
+    body = {  # exactly the body of the `first` fixture
+        "model_id": model_id,
+        "subject": SUBJECT_1,
+        "records": _records(service_world)[:half],
+        "probes": [{"question": text[:30], "answer": text[30:45]}],
+        **job_config,
+    }
     replay = live.client.post("/v1/forget-requests", json=body, headers={"Idempotency-Key": "first"})
     assert replay.status_code == 202 and replay.json()["id"] == first["id"]
-    assert replay.json()["status"] == "succeeded"
+    assert replay.headers["idempotent-replayed"] == "true" and replay.json()["status"] == "queued"
+    other = {"model_id": model_id, "subject": SUBJECT_1, "records": [{"text": "whatever"}]}
+    refused = live.client.post("/v1/forget-requests", json=other, headers={"Idempotency-Key": "first"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "idempotency_key_reused"
+    assert live.client.get(f"/v1/forget-requests/{first['id']}").json()["status"] == "succeeded"
 
 
 @pytest.fixture(scope="module")
