@@ -4,6 +4,7 @@ job, once) and a job that kills its worker every time (it fails at the attempt c
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -86,3 +87,29 @@ def test_job_that_always_crashes_its_worker_fails_at_the_attempt_cap(api: Api, d
     with db.sessions() as session:
         verdicts = session.scalars(select(AuditRecord.verdict).where(AuditRecord.request_id == req["id"])).all()
     assert verdicts == ["failed"]
+
+
+def test_warm_shutdown_returns_the_running_job_to_the_queue(api: Api, db: Runtime, tiny_world, tmp_path):
+    """SIGTERM (docker stop): the job stops at its next step, goes back to the queue with its attempt refunded,
+    and the worker exits without waiting for the job's end; the next worker runs it."""
+    model_id = register_model(api, tiny_world, "warm", retain=False)
+    first = WorkerProcess(api.settings, tmp_path / "first.log").start()
+    req = submit(api, model_id, [r.to_dict() for r in tiny_world.forget[:2]], LONG, subject="warm")
+    api.wait_step(req["job_id"], step=1)
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(timeout=60)
+    job = api.job(req["job_id"])
+    assert job["status"] == "queued" and job["attempts"] == 0, job
+    assert job["progress"]["step"] < LONG["max_steps"]
+
+    second = WorkerProcess(api.settings, tmp_path / "second.log").start()
+    try:
+        final = api.wait(req["id"])
+    finally:
+        second.stop()
+    assert final["status"] == "succeeded"
+    assert api.job(req["job_id"])["attempts"] == 1  # a stop is no failure
+    messages = [e["message"] for e in api.events(req["job_id"])]
+    assert [m for m in messages if m.startswith("attempt ")] == ["attempt 1 of 3 started"] * 2
+    assert any("returned to the queue" in m for m in messages)
+    assert _count(db, AdapterVersion, AdapterVersion.job_id, req["job_id"]) == 1
