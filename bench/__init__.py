@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON document and writes a PNG plot next to it (see README "Results")."""

@@ -1,0 +1,59 @@
+"""The benchmarks' --quick mode runs end to end and produces well-formed JSON and plots (no research outcome
+is asserted here: that is what the full runs in the README are for)."""
+
+import json
+import math
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _finite(x):
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_forgetting_quick(tmp_path):
+    from bench import forgetting
+    from bench.common import emit
+
+    result = forgetting.run(quick=True, seeds=1, sizes=[2], max_steps=8)
+    path = emit("forgetting", result, tmp_path)
+    forgetting.plot(result, path.with_suffix(".png"))
+    back = json.loads(path.read_text())
+    assert {(r["method"], r["init"]) for r in back["results"]} == set(forgetting.QUICK_GRID)
+    for row in back["results"]:
+        assert row["forget_size"] == 2 and _finite(row["steps"]["mean"]) and row["trainable_params"] > 0
+        for key in ("forget_ma", "retain_ma", "holdout_extraction", "retain_perplexity", "mia_loss_auc"):
+            assert _finite(row[key]["mean"])
+    assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_sequential_quick(tmp_path):
+    from bench import sequential
+    from bench.common import emit
+
+    result = sequential.run(quick=True, requests=2, per_request=2, method="ihl", init="fila")
+    path = emit("sequential", result, tmp_path)
+    sequential.plot(result, path.with_suffix(".png"))
+    versions = json.loads(path.read_text())["versions"]
+    assert [v["version"] for v in versions] == [0, 1, 2]
+    assert versions[2]["rank"] == 2 * versions[1]["rank"]  # cumulative: ranks concatenate
+    for v in versions[1:]:
+        assert v["export_max_abs_diff"] <= 1e-4 and v["adapter_bytes"] > 0
+        assert set(v["metrics"]) == {"request_1", "request_2", "retain", "holdout"}
+
+
+def test_restor_quick(tmp_path):
+    from bench import restor
+    from bench.common import emit
+
+    result = restor.run(quick=True, seeds=1, levels=["none"], corrupt_steps=20)
+    path = emit("restor", result, tmp_path)
+    restor.plot(result, path.with_suffix(".png"))
+    back = json.loads(path.read_text())
+    assert {(r["method"], r["init"]) for r in back["runs"]} == set(restor.QUICK_GRID)
+    for r in back["runs"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["p_correct"] <= 1.0
+    methods = {s["method"] for s in back["summary"]}
+    assert {"clean", "corrupted", "ihl", "ga"} <= methods
