@@ -172,5 +172,4 @@ def _stop_jobs(**_: Any) -> None:
 
     default_runtime().stopping.set()
     if _sweeper is not None:
-        _sweeper._stop.set()
-        _sweeper.wake()
+        _sweeper.stop(wait=False)

@@ -153,10 +153,11 @@ class Sweeper:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop after the current sweep; `wait=False` from a signal handler, which must not block."""
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if wait and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
     def alive(self) -> bool:
