@@ -38,7 +38,7 @@ class UnlearnConfig:
     fisher_max_examples: int = 128  # per set; Fisher on more examples costs more and changes little
     max_length: int = 256  # tokens per record; longer records are truncated
     eval_max_records: int = 200  # per evaluation set, for the before/after report
-    device: str | None = None  # None: cuda if present, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32 | bf16 to force
 
     def __post_init__(self) -> None:
         self.validate()
@@ -48,6 +48,8 @@ class UnlearnConfig:
             raise InvalidInput(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.init not in INITS:
             raise InvalidInput(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InvalidInput(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         checks = [
             ("rank", 1 <= self.rank <= 256),
             ("alpha", 0 < self.alpha <= 4096),

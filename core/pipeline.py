@@ -14,6 +14,7 @@ import torch
 
 from core.config import UnlearnConfig
 from core.data import TokenSet, encode_set, tensorize
+from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
 from core.export import WEIGHTS_NAME, combine, file_sha256, read_adapter, write_adapter
 from core.lora import add_to_weight, is_conv1d
@@ -81,11 +82,24 @@ def run_forget(
     if not forget:
         raise InvalidInput("the forget set is empty")
     config.validate()
-    progress = progress or _noop_progress
-    should_cancel = should_cancel or _never
+    with use_precision(config.precision):
+        return _forget(
+            loaded,
+            forget,
+            retain,
+            holdout,
+            config,
+            list(probes),
+            previous_adapter,
+            Path(out_dir),
+            progress or _noop_progress,
+            should_cancel or _never,
+        )
+
+
+def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, out_dir, progress, should_cancel):
     started = time.perf_counter()
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    probes = list(probes)
 
     prev_delta, prev_cfg = read_adapter(previous_adapter) if previous_adapter else ({}, None)
     target_modules = config.target_modules or (prev_cfg or {}).get("target_modules") or default_target_modules(model)
@@ -130,7 +144,6 @@ def run_forget(
         after, _ = measure(adapted.model, tokenizer, sets, probes, config, device)
 
         progress("exporting", 0, 1, {})
-        out_dir = Path(out_dir)
         if config.init == "full":
             adapted.model.save_pretrained(str(out_dir))
             tokenizer.save_pretrained(str(out_dir))
