@@ -13,9 +13,6 @@ from api.settings import Settings
 from core.config import ADAPTER_INITS, UnlearnConfig
 from core.errors import InvalidInput
 
-# Worker-side settings, never stored per job.
-_NOT_STORED = ("device",)
-
 
 def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
     """core defaults ← the model's defaults ← the request's method/init/config, validated by core itself."""
@@ -32,7 +29,7 @@ def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
         raise InvalidConfig(str(e)) from None
     if config.init not in ADAPTER_INITS:
         raise InvalidConfig(f"init {config.init!r} does not produce an adapter; choose one of {ADAPTER_INITS}")
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_STORED}
+    return config.to_dict()
 
 
 def create(

@@ -127,7 +127,7 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
     shutil.rmtree(work, ignore_errors=True)
     try:
         previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
-        config = UnlearnConfig.from_dict({**inputs.config, "device": rt.settings.device})
+        config = UnlearnConfig.from_dict(inputs.config)  # the device is the worker's: see model_cache
         stats: dict[str, Any] = {}
         with model_cache(rt.settings.model_cache_size).borrow(inputs.source, rt.settings.device, stats) as loaded:
             _model_event(rt, job_id, stats)
