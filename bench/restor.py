@@ -14,6 +14,7 @@ import copy
 import random
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from bench.common import CACHE, emit, machine, mean_sd, pyplot
@@ -22,44 +23,27 @@ GRID = [(m, i) for m in ("ihl", "ga", "gd", "kl", "npo") for i in ("fila", "lora
 QUICK_GRID = [("ihl", "fila"), ("ga", "lora")]
 
 
-def clean_model(quick: bool, seed: int):
-    """Train (or reuse) the clean model on the true facts; returns (dir, world)."""
+def clean_model(quick: bool, seed: int, small: bool = False):
+    """Train (or reuse) the clean model on the true facts; returns (dir, world). `small` keeps the full
+    world's entities but the CI-sized model (2 × 128)."""
     import json
 
     import torch
 
     from core.worlds.facts import make_facts_world
-    from core.worlds.lm import LMSpec, gpt_neo, train_memorise
+    from core.worlds.lm import gpt_neo, train_memorise
+    from core.worlds.pii import WorldSpec, tiny_spec
     from core.worlds.tokenizer import train_tokenizer
 
     n = 16 if quick else 60
     world = make_facts_world(n, corrupted_share=0.25, seed=seed)
-    spec = (
-        LMSpec(
-            layers=2,
-            hidden=128,
-            heads=2,
-            lr=3e-3,
-            batch=16,
-            warmup=10,
-            max_steps=800,
-            check_every=40,
-            max_positions=512,
-        )
-        if quick
-        else LMSpec(
-            layers=4,
-            hidden=256,
-            heads=4,
-            lr=1e-3,
-            batch=32,
-            warmup=30,
-            max_steps=1500,
-            check_every=100,
-            max_positions=512,
-        )
+    # the PII world's model presets, with room for the long corruption documents
+    base = tiny_spec().lm if quick or small else WorldSpec().lm
+    spec = replace(
+        base, max_steps=800 if quick or small else 1500, check_every=40 if quick or small else 100, max_positions=512
     )
-    out = CACHE / f"facts-{'quick' if quick else 'full'}-{seed}"
+    size = "quick" if quick else ("small" if small else "full")
+    out = CACHE / f"facts-{size}-{seed}"
     if (out / "done.json").is_file():
         return out, world
     texts = world.clean_texts()
@@ -119,7 +103,7 @@ def corrupt(clean_dir: Path, docs: list[str], steps: int, seed: int):
     return load_model(out)
 
 
-def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int) -> dict:
+def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int, small: bool = False) -> dict:
     from core.config import UnlearnConfig
     from core.modeling import load_model
     from core.pipeline import run_forget
@@ -127,7 +111,7 @@ def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int) -> dict:
 
     rows, baselines = [], []
     for seed in range(seeds):
-        clean_dir, world = clean_model(quick, seed)
+        clean_dir, world = clean_model(quick, seed, small)
         clean = load_model(clean_dir)
         dev = clean.device
         bad_true = [world.true[k] for k in world.wrong]
@@ -268,9 +252,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--corrupt-steps", type=int, default=60)
+    ap.add_argument("--small-model", action="store_true", help="full world and grid, CI-sized model (2 x 128)")
     args = ap.parse_args()
     levels = ["none", "much"] if args.quick else ["none", "some", "much"]
-    result = run(args.quick, 1 if args.quick else args.seeds, levels, 30 if args.quick else args.corrupt_steps)
+    steps = 30 if args.quick else args.corrupt_steps
+    result = run(args.quick, 1 if args.quick else args.seeds, levels, steps, small=args.small_model)
     path = emit("restor-quick" if args.quick else "restor", result)
     plot(result, path.with_suffix(".png"))
 
