@@ -94,7 +94,7 @@ def scope(name: str) -> Any:
 
 Caller = Annotated[ApiKey, Security(authenticate)]
 
-# Scopes (docs/security.md): which endpoints each one opens.
+# Scopes (README "Security and compliance"): which endpoints each one opens.
 MODELS_ADMIN, REQUESTS_WRITE, REQUESTS_READ, ADAPTERS_READ, AUDIT_READ = security.ALL_SCOPES
 
 

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    # Security and compliance (docs/security.md): limits, rate limit, idempotency, audit signing key.
+    # Security and compliance (README "Security and compliance"): limits, rate limit, idempotency, audit signing key.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413).")
     max_records_per_request: int = Field(1_000, ge=1, le=10_000, description="Records in one forget request.")
     max_record_chars: int = Field(20_000, ge=1, le=100_000, description="Characters of one record or probe.")

@@ -1,6 +1,6 @@
 """Render the README's results tables from bench JSON files (bench/results/*.json).
 
-    python -m bench.tables bench/results
+python -m bench.tables bench/results
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def sequential(result: dict) -> str:
     lines = [head, "|" + "---|" * (8 + len(reqs))]
     for v in versions:
         m = v["metrics"]
-        cells = [str(v["version"]), str(v.get("rank", "–")), f"{v.get('adapter_bytes', 0) / 1024:.0f}",
-                 str(v.get("steps", "–"))]
+        cells = [
+            str(v["version"]),
+            str(v.get("rank", "–")),
+            f"{v.get('adapter_bytes', 0) / 1024:.0f}",
+            str(v.get("steps", "–")),
+        ]
         cells += [f"{m[r]['extraction']:.2f}" for r in reqs]
         cells += [f"{m['retain']['ma']:.3f}", f"{m['retain']['extraction']:.2f}", f"{m['holdout']['ma']:.3f}"]
         cells.append(f"{v['export_max_abs_diff']:.1e}" if "export_max_abs_diff" in v else "–")
