@@ -1,8 +1,10 @@
 """Engines, sessions and programmatic migrations.
 
 SQLite (the embedded default) is made safe for a thread dispatcher writing beside request handlers: WAL
-journal, a busy timeout, and `BEGIN IMMEDIATE` for every transaction, so a transaction that reads then writes
-(claim, publish, the audit chain's next seq) takes the write lock up front instead of failing on upgrade.
+journal, a busy timeout, and `BEGIN IMMEDIATE` for every transaction that may write, so a transaction that
+reads then writes (claim, publish, the audit chain's next seq) takes the write lock up front instead of failing
+on upgrade. Read-only sessions (GET requests) begin deferred: under WAL they take no lock at all, so status
+polling does not queue behind one write lock (it collapsed at 50 concurrent pollers when it did).
 """
 
 from __future__ import annotations
@@ -39,9 +41,18 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+READ_ONLY = "unlearnd_read_only"
+
+
+def read_only_session(factory: sessionmaker[Session]) -> Session:
+    """A session for work that never writes (on SQLite it begins deferred; elsewhere nothing changes)."""
+    engine: Engine = factory.kw["bind"]
+    return factory(bind=engine.execution_options(**{READ_ONLY: True}))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

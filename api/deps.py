@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from sqlalchemy.orm import Session
 
 from api import security
+from api.db import read_only_session
 from api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
 from api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
 from api.ratelimit import RateLimiter, retry_after_header
@@ -21,7 +22,8 @@ M = TypeVar("M")
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+    factory = request.app.state.session_factory
+    with read_only_session(factory) if request.method in ("GET", "HEAD") else factory() as session:
         yield session
 
 
