@@ -113,7 +113,9 @@ def _console_progress():
             console.print(f"[bold]{phase}[/bold]")
             last["phase"] = phase
         if phase == "unlearning" and "forget_ma" in metrics:
-            console.print(f"  step {step}/{total}  forget MA {metrics['forget_ma']:.3f}  EL {metrics['forget_el']:.3f}")
+            el = metrics["forget_el"]
+            el_text = f"{el:.3f}" if el is not None else "– (MA above the holdout's)"
+            console.print(f"  step {step}/{total}  forget MA {metrics['forget_ma']:.3f}  EL {el_text}")
 
     return report
 

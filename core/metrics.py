@@ -145,13 +145,7 @@ def evaluate_set(
         tok.append(c)
         min_k.append(min_k_score(logits, labels))
     ma_t, nll_t, tok_t = torch.cat(ma), torch.cat(nll_sum), torch.cat(tok)
-    el = ext = float("nan")
-    if generate:
-        prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
-        suffixes = [e.ids[e.prefix_len :] for e in ts.encoded]
-        gens = greedy_continue(model, prefixes, [len(s) for s in suffixes], device)
-        el = sum(ngram_overlap(g, s, el_n) for g, s in zip(gens, suffixes, strict=True)) / len(ts)
-        ext = sum(g == s for g, s in zip(gens, suffixes, strict=True)) / len(ts)
+    el, ext = generation_scores(model, ts, device, el_n) if generate else (float("nan"), float("nan"))
     if was_training:
         model.train()
     metrics = SetMetrics(
@@ -163,6 +157,21 @@ def evaluate_set(
     )
     per_loss = (nll_t / tok_t.clamp_min(1)).tolist()
     return SetScores(metrics, per_loss, torch.cat(min_k).tolist())
+
+
+def generation_scores(model, ts: TokenSet, device: torch.device, el_n: int = 10) -> tuple[float, float]:
+    """(EL_n, exact extraction) of the set: one batched greedy decode of every suffix from its prefix."""
+    prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
+    suffixes = [e.ids[e.prefix_len :] for e in ts.encoded]
+    was_training = model.training
+    model.eval()  # no dropout while decoding
+    try:
+        gens = greedy_continue(model, prefixes, [len(s) for s in suffixes], device)
+    finally:
+        model.train(was_training)
+    el = sum(ngram_overlap(g, s, el_n) for g, s in zip(gens, suffixes, strict=True)) / len(ts)
+    ext = sum(g == s for g, s in zip(gens, suffixes, strict=True)) / len(ts)
+    return el, ext
 
 
 def mia(forget: SetScores, holdout: SetScores) -> dict[str, float]:

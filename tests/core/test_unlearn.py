@@ -141,3 +141,16 @@ def test_bad_inputs_raise_clear_errors(tiny_loaded, tiny_world, tmp_path):
         UnlearnConfig(method="sgd")
     with pytest.raises(InvalidInput, match="rank"):
         UnlearnConfig(rank=0)
+
+
+def test_stopping_checks_decode_only_once_ma_passes(ihl_fila):
+    """EL needs a greedy decode; while MA is above the holdout's the rule cannot hold, so EL is skipped."""
+    r = ihl_fila[0].report
+    thr = r["thresholds"]
+    for h in r["history"]:
+        if h["forget_ma"] > thr["ma"]:
+            assert h["forget_el"] is None
+        else:
+            assert h["forget_el"] is not None
+    assert r["history"][0]["forget_el"] is None  # memorised at step 0: MA far above the holdout's
+    assert r["history"][-1]["forget_el"] <= thr["el"]
