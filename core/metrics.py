@@ -197,9 +197,5 @@ def probe_accuracy(model, tokenizer, probes: list[Probe], device: torch.device) 
     for g, p in zip(gens, probes, strict=True):
         text = tokenizer.decode(g, skip_special_tokens=True)
         hits += text.strip().lower().startswith(p.answer.strip().lower())
-    probs = []
-    for start, logits in zip(range(0, len(ts), 32), forward_logits(model, ts, device), strict=True):
-        labels = ts.labels[start : start + 32, : logits.size(1)].to(device)
-        s, c = nll_per_record(logits, labels)
-        probs.append(torch.exp(-s / c.clamp_min(1)))
-    return {"accuracy": hits / len(probes), "answer_prob": float(torch.cat(probs).mean())}
+    loss = torch.tensor(evaluate_set(model, ts, device, generate=False).loss)  # mean token NLL per answer
+    return {"accuracy": hits / len(probes), "answer_prob": float(torch.exp(-loss).mean())}

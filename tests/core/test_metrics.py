@@ -98,3 +98,25 @@ def test_prompt_completion_records_target_only_the_completion(tiny_world):
     assert all(x == -100 for x in labels[: enc.prefix_len])
     assert labels[enc.prefix_len : len(enc.ids)] == enc.ids[enc.prefix_len :]
     assert tok.decode(enc.ids[enc.prefix_len :], skip_special_tokens=True).strip() == "Oakhaven."
+
+
+@pytest.mark.slow
+def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded, tiny_world):
+    from core.metrics import probe_accuracy
+    from core.records import Probe
+
+    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+    texts = [r.text for r in tiny_world.retain[:6]]
+    probes = [Probe(question=t.split(" Email:")[0], answer=" Email:" + t.split(" Email:")[1]) for t in texts]
+    got = probe_accuracy(model, tok, probes, device)
+    assert got["accuracy"] >= 0.8  # memorised people: the question elicits the rest of the record
+    probs = []
+    with torch.inference_mode():
+        for p in probes:  # geometric mean of the answer tokens' teacher-forced probabilities, one by one
+            ts = encode_set(tok, [Record(prompt=p.question, completion=p.answer)])
+            logits = model(input_ids=ts.input_ids).logits
+            s, c = nll_per_record(logits, ts.labels)
+            probs.append(math.exp(-(s / c).item()))
+    assert got["answer_prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-5)
+    wrong = probe_accuracy(model, tok, [Probe(p.question, " Email: nobody@nowhere.test.") for p in probes], device)
+    assert wrong["accuracy"] == 0.0 and wrong["answer_prob"] < got["answer_prob"]
