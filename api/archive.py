@@ -7,10 +7,11 @@ sha256: the tarball's sha256 is the adapter's identity (ETag, X-Adapter-SHA256, 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import tarfile
 from pathlib import Path
+
+from core.hashing import file_sha256
 
 
 def pack_dir(src: Path, dest: Path) -> tuple[str, int]:
@@ -39,11 +40,3 @@ def unpack(archive: Path, dest: Path) -> Path:
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(dest, filter="data")
     return dest
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

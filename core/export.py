@@ -9,7 +9,6 @@ exported scale, so any mix of ranks and alphas exports exactly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +103,3 @@ def read_adapter(adapter_dir: Path) -> tuple[Delta, dict]:
         b = tensors[key.replace(".lora_A.weight", ".lora_B.weight")]
         delta[name] = [Component(a.float(), b.float(), scale)]
     return delta, cfg
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

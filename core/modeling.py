@@ -11,6 +11,7 @@ from torch import nn
 
 from core.device import pick_device
 from core.errors import InvalidInput, ModelLoadError
+from core.hashing import update_from_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -70,9 +71,7 @@ def weights_fingerprint(source: str | Path) -> str:
     h = hashlib.sha256()
     for f in weight_files(source):
         h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        update_from_file(h, f)
     return h.hexdigest()
 
 

@@ -16,7 +16,8 @@ from core.config import UnlearnConfig
 from core.data import TokenSet, encode_set, tensorize
 from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
-from core.export import WEIGHTS_NAME, combine, file_sha256, read_adapter, write_adapter
+from core.export import WEIGHTS_NAME, combine, read_adapter, write_adapter
+from core.hashing import file_sha256
 from core.lora import add_to_weight, is_conv1d
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from core.modeling import LoadedModel, default_target_modules, find_targets
