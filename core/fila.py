@@ -13,10 +13,11 @@ from torch import nn
 
 from core.data import TokenSet
 from core.device import autocast
-from core.lora import is_conv1d, weight_matrix
+from core.lora import weight_matrix
 from core.losses import token_logprobs
 
 EPS = 1e-5
+GRADIENT_BUDGET_BYTES = 256 << 20  # per layer: how much memory per-example gradients may take at once
 
 
 def diagonal_fisher(
@@ -26,44 +27,67 @@ def diagonal_fisher(
     device: torch.device,
     *,
     max_examples: int | None = None,
+    batch_size: int = 16,
     on_example: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Empirical diagonal Fisher of the NLL for each target weight, as an (out × in) matrix:
     `F = Σ_x (∂ NLL(x)/∂W)² / (number of target tokens)`, per-example gradients, accumulated in fp32.
 
-    Only the target weights get gradients, so the cost is one forward/backward per example on a frozen model.
+    Batched: one forward/backward per batch, with each example's weight gradient rebuilt from the layer's
+    input and output gradient (`∂NLL(x)/∂W = Σ_t δ_t x_tᵀ`, exact because examples do not interact and
+    right padding gets zero gradient). No weight gradient is ever computed: only activations carry grad.
     """
     n = len(ts) if max_examples is None else min(len(ts), max_examples)
-    params = {name: m.weight for name, m in targets.items()}
-    saved = {name: p.requires_grad for name, p in params.items()}
     acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=device) for name, m in targets.items()}
+    # Examples of similar length share a batch, so little compute goes to padding (the sum ignores order).
+    lengths = ts.attention_mask[:n].sum(1)
+    order = sorted(range(n), key=lambda i: int(lengths[i]))
+    handles = [_needs_grad_from(model.get_input_embeddings())]
+    handles += [m.register_forward_hook(_accumulator(acc[name])) for name, m in targets.items()]
     tokens = 0
     was_training = model.training
     model.eval()
     try:
-        for p in params.values():
-            p.requires_grad_(True)
-        for i in range(n):
-            b = ts.select([i]).to(device)
-            model.zero_grad(set_to_none=True)
+        for start in range(0, n, batch_size):
+            b = ts.select(order[start : start + batch_size]).to(device)
             with autocast(device):
                 logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
             picked, mask = token_logprobs(logits, b.labels)
             (-picked.sum()).backward()
             tokens += int(mask.sum())
-            for name, m in targets.items():
-                g = m.weight.grad
-                if g is not None:
-                    g = g.float()
-                    acc[name] += (g.T if is_conv1d(m) else g) ** 2
             if on_example is not None:
-                on_example(i + 1, n)
+                on_example(min(start + batch_size, n), n)
     finally:
-        model.zero_grad(set_to_none=True)
-        for name, p in params.items():
-            p.requires_grad_(saved[name])
+        for h in handles:
+            h.remove()
         model.train(was_training)
     return {name: a / max(tokens, 1) for name, a in acc.items()}
+
+
+def _needs_grad_from(embedding: nn.Module):
+    """Start the autograd graph at the embeddings, so every layer's output gradient exists while the frozen
+    weights stay frozen (and no weight gradient is computed)."""
+    return embedding.register_forward_hook(lambda _m, _args, out: out.requires_grad_(True))
+
+
+def _accumulator(acc: torch.Tensor):
+    """A forward hook: keep the layer's input, and when its output gradient arrives add the squared
+    per-example gradients `(Σ_t δ_t x_tᵀ)²` (out × in, as `weight_matrix`) to `acc`, a few examples at a
+    time so they never take more than GRADIENT_BUDGET_BYTES (a 4096 × 11008 layer is 180 MB per example)."""
+
+    def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach()
+
+        def on_grad(grad: torch.Tensor) -> None:
+            g, xf = grad.float(), x.float()
+            per_batch = max(1, GRADIENT_BUDGET_BYTES // (acc.numel() * 4))
+            for s in range(0, g.size(0), per_batch):
+                per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
+                acc.add_(per_example.square_().sum(0))
+
+        output.register_hook(on_grad)
+
+    return hook
 
 
 def relative_importance(f_forget: torch.Tensor, f_retain: torch.Tensor) -> torch.Tensor:

@@ -34,15 +34,15 @@ def test_relative_importance_formula():
     assert torch.allclose(relative_importance(ff, fr), torch.tensor([[2.0 / (1 + 1e-5), 0.0]]))
 
 
-@pytest.mark.slow
-def test_diagonal_fisher_equals_per_example_squared_gradients_over_tokens(tiny_loaded, tiny_world):
-    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
-    ts = encode_set(tok, tiny_world.forget[:3])
-    targets = find_targets(model, ["q_proj"])
-    fisher = diagonal_fisher(model, ts, targets, device)
-    name, module = next(iter(targets.items()))
-    acc, tokens = torch.zeros_like(module.weight), 0
-    module.weight.requires_grad_(True)
+def _per_example_fisher(model, ts, targets) -> dict[str, torch.Tensor]:
+    """The textbook definition: one example at a time, autograd's weight gradient, squared, summed."""
+    from core.lora import is_conv1d
+
+    acc = {n: torch.zeros_like(weight_matrix(m)) for n, m in targets.items()}
+    tokens = 0
+    weights = [m.weight for m in targets.values()]
+    for w in weights:
+        w.requires_grad_(True)
     try:
         for i in range(len(ts)):
             b = ts.select([i])
@@ -51,13 +51,50 @@ def test_diagonal_fisher_equals_per_example_squared_gradients_over_tokens(tiny_l
             lab = b.labels[:, 1:]
             m = lab != -100
             loss = -(lp.gather(-1, lab.clamp_min(0)[..., None])[..., 0] * m).sum()
-            (g,) = torch.autograd.grad(loss, module.weight)
-            acc += g**2
+            grads = torch.autograd.grad(loss, weights)
+            for (n, mod), g in zip(targets.items(), grads, strict=True):
+                acc[n] += (g.T if is_conv1d(mod) else g) ** 2
             tokens += int(m.sum())
     finally:
-        module.weight.requires_grad_(False)
-    assert torch.allclose(fisher[name], acc / tokens, rtol=1e-4, atol=1e-10)
+        for w in weights:
+            w.requires_grad_(False)
+    return {n: a / tokens for n, a in acc.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt2"])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_fisher_equals_per_example_squared_gradients_over_tokens(
+    arch, batch_size, tiny_world, tiny_loaded, tiny_gpt2_dir
+):
+    """Batches of unequal lengths (right padding), a batch size that splits the set unevenly, and GPT-2's
+    transposed Conv1D weights: every target's Fisher equals the per-example definition."""
+    loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    ts = encode_set(tok, tiny_world.forget[:4] + tiny_world.holdout[:3])
+    assert len(set(ts.attention_mask.sum(1).tolist())) > 1  # the batches really are padded
+    targets = find_targets(model, default_target_modules(model))
+    fisher = diagonal_fisher(model, ts, targets, loaded.device, batch_size=batch_size)
+    expected = _per_example_fisher(model, ts, targets)
+    for name in targets:
+        assert torch.allclose(fisher[name], expected[name], rtol=1e-3, atol=1e-9), name
     assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_fisher_per_example_memory_budget_does_not_change_the_result(tiny_world, tiny_loaded, monkeypatch):
+    """A budget of one example's gradient at a time gives the same Fisher as all at once."""
+    from core import fila
+
+    model, tok = tiny_loaded.model, tiny_loaded.tokenizer
+    ts = encode_set(tok, tiny_world.forget[:5])
+    targets = find_targets(model, ["c_fc"])
+    whole = diagonal_fisher(model, ts, targets, tiny_loaded.device, batch_size=5)
+    monkeypatch.setattr(fila, "GRADIENT_BUDGET_BYTES", 1)
+    chunked = diagonal_fisher(model, ts, targets, tiny_loaded.device, batch_size=5)
+    for name in targets:
+        assert torch.allclose(whole[name], chunked[name], rtol=1e-5, atol=1e-12)
 
 
 def _logits(model, ts):
