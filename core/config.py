@@ -28,6 +28,9 @@ class UnlearnConfig:
     batch_size: int = 8  # forget records per step
     retain_batch_size: int = 16  # retain records per step (the λ·NLL(D_r) term)
     retain_weight: float = 1.0  # λ
+    # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
+    # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
+    previous_kl_weight: float = 3.0
     max_steps: int = 100
     eval_every: int = 4
     npo_beta: float = 0.1
@@ -57,6 +60,7 @@ class UnlearnConfig:
             ("batch_size", 1 <= self.batch_size <= 1024),
             ("retain_batch_size", 0 <= self.retain_batch_size <= 1024),
             ("retain_weight", 0 <= self.retain_weight <= 100),
+            ("previous_kl_weight", 0 <= self.previous_kl_weight <= 100),
             ("max_steps", 1 <= self.max_steps <= 100_000),
             ("eval_every", 1 <= self.eval_every <= 100_000),
             ("npo_beta", 0 < self.npo_beta <= 10),

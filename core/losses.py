@@ -83,8 +83,9 @@ class LossInputs:
     retain_logits: torch.Tensor | None = None
     retain_labels: torch.Tensor | None = None
     ref_forget_logp: torch.Tensor | None = None  # npo: log π_ref(y|x) per forget sequence
-    ref_retain_logits: torch.Tensor | None = None  # kl: original model's logits on the retain batch
+    ref_retain_logits: torch.Tensor | None = None  # kl, anchored: the starting model's logits on the retain batch
     retain_weight: float = 1.0
+    anchor_weight: float = 0.0  # > 0: the retain term is anchor_weight · KL(starting model ‖ model), not λ·NLL
     npo_beta: float = 0.1
 
 
@@ -96,20 +97,28 @@ class Objective:
     needs_ref_retain_logits: bool = False
 
 
-def _retain_nll(x: LossInputs) -> torch.Tensor:
-    if x.retain_logits is None or x.retain_weight == 0:
-        return x.forget_logits.new_zeros(())
-    return nll(x.retain_logits, x.retain_labels)
+def _retain_term(x: LossInputs) -> tuple[torch.Tensor, float]:
+    """λ·NLL(D_r), or for an anchored (cumulative) job w·KL(starting model ‖ model) on D_r: the starting model
+    is the previous version, and staying close to it keeps its forgetting, where the NLL would pull the
+    earlier forget sets' shared patterns back."""
+    if x.retain_logits is None:
+        return x.forget_logits.new_zeros(()), 0.0
+    if x.anchor_weight > 0 and x.ref_retain_logits is not None:
+        return kl_to_reference(x.retain_logits, x.ref_retain_logits, x.retain_labels), x.anchor_weight
+    if x.retain_weight == 0:
+        return x.forget_logits.new_zeros(()), 0.0
+    return nll(x.retain_logits, x.retain_labels), x.retain_weight
 
 
-def _combine(forget_term: torch.Tensor, retain_term: torch.Tensor, weight: float):
+def _combine(forget_term: torch.Tensor, retain: tuple[torch.Tensor, float]):
+    retain_term, weight = retain
     loss = forget_term + weight * retain_term
     return loss, {"forget_loss": float(forget_term.detach()), "retain_loss": float(retain_term.detach())}
 
 
 def _ihl(x: LossInputs):
-    """IHL(D_f) + λ·NLL(D_r)."""
-    return _combine(inverted_hinge_loss(x.forget_logits, x.forget_labels), _retain_nll(x), x.retain_weight)
+    """IHL(D_f) + λ·NLL(D_r) (or the anchored retain term, see `_retain_term`)."""
+    return _combine(inverted_hinge_loss(x.forget_logits, x.forget_labels), _retain_term(x))
 
 
 def _ga(x: LossInputs):
@@ -120,7 +129,7 @@ def _ga(x: LossInputs):
 
 def _gd(x: LossInputs):
     """Gradient difference: −NLL(D_f) + λ·NLL(D_r)."""
-    return _combine(-nll(x.forget_logits, x.forget_labels), _retain_nll(x), x.retain_weight)
+    return _combine(-nll(x.forget_logits, x.forget_labels), _retain_term(x))
 
 
 def _kl(x: LossInputs):
@@ -130,13 +139,13 @@ def _kl(x: LossInputs):
         if x.retain_logits is not None and x.ref_retain_logits is not None
         else x.forget_logits.new_zeros(())
     )
-    return _combine(-nll(x.forget_logits, x.forget_labels), retain, x.retain_weight)
+    return _combine(-nll(x.forget_logits, x.forget_labels), (retain, x.retain_weight))
 
 
 def _npo(x: LossInputs):
     """NPO on forget sequence likelihoods + λ·NLL(D_r)."""
     logp = sequence_logprob(x.forget_logits, x.forget_labels)
-    return _combine(npo_loss(logp, x.ref_forget_logp, x.npo_beta), _retain_nll(x), x.retain_weight)
+    return _combine(npo_loss(logp, x.ref_forget_logp, x.npo_beta), _retain_term(x))
 
 
 OBJECTIVES: dict[str, Objective] = {

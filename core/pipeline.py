@@ -19,6 +19,7 @@ from core.errors import Cancelled, InvalidInput
 from core.export import WEIGHTS_NAME, combine, read_adapter, write_adapter
 from core.hashing import file_sha256
 from core.lora import add_to_weight, is_conv1d
+from core.losses import OBJECTIVES
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from core.modeling import LoadedModel, default_target_modules, find_targets
 from core.records import Probe, Record
@@ -129,7 +130,8 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         if should_cancel():
             raise Cancelled("cancelled before unlearning")
 
-        adapted = adapt(model, config, targets, sets.forget, sets.retain, device, progress)
+        anchored = bool(prev_delta)  # a cumulative job keeps the previous version's forgetting (core/losses.py)
+        adapted = adapt(model, config, targets, sets.forget, sets.retain, device, progress, anchored=anchored)
         loop = train(
             adapted,
             sets.forget,
@@ -139,6 +141,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             thresholds=thresholds,
             progress=progress,
             should_cancel=should_cancel,
+            anchored=anchored,
         )
 
         progress("evaluating", 1, 2, {"when": "after"})
@@ -185,6 +188,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         "init": config.init,
         "config": config.to_dict(),
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
+        "retain_term": _retain_term_name(config, anchored),
         "steps": loop.steps,
         "reached": loop.reached,
         "wall_seconds": round(time.perf_counter() - started, 3),
@@ -196,6 +200,16 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         "history": loop.history,
     }
     return ForgetResult(report, adapter_dir, loop.reached)
+
+
+def _retain_term_name(config: UnlearnConfig, anchored: bool) -> str | None:
+    """What kept utility in this run (reports and audits say it, since cumulative jobs differ)."""
+    objective = OBJECTIVES[config.method]
+    if not objective.uses_retain:
+        return None
+    if objective.needs_ref_retain_logits or (anchored and config.previous_kl_weight > 0):
+        return "kl_to_starting_model"
+    return "nll" if config.retain_weight > 0 else None
 
 
 @torch.no_grad()

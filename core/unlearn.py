@@ -110,11 +110,14 @@ def adapt(
     retain_ts: TokenSet,
     device: torch.device,
     progress: Progress = _noop_progress,
+    *,
+    anchored: bool = False,
 ) -> Adapted:
     """Prepare the model for the chosen init. FILA computes the Fisher on both sets, initialises (A, B) on
-    the Fisher-weighted principal directions and moves the base to the residual, so outputs are unchanged."""
+    the Fisher-weighted principal directions and moves the base to the residual, so outputs are unchanged.
+    `anchored`: the loop will need the starting model's outputs (see `train`)."""
     if config.init == "full":
-        needs_ref = OBJECTIVES[config.method].needs_ref_retain_logits
+        needs_ref = OBJECTIVES[config.method].needs_ref_retain_logits or anchored
         ref = copy.deepcopy(model).eval() if needs_ref else None
         for p in model.parameters():
             p.requires_grad_(True)
@@ -122,12 +125,14 @@ def adapt(
 
     factors = {}
     if config.init == "fila":
+        fisher_batch = max(config.batch_size, config.retain_batch_size)  # a training step's memory
         f_forget = diagonal_fisher(
             model,
             forget_ts,
             targets,
             device,
             max_examples=config.fisher_max_examples,
+            batch_size=fisher_batch,
             on_example=lambda i, n: progress("fisher", i, n, {"set": "forget"}),
         )
         gen = torch.Generator().manual_seed(config.seed)
@@ -138,6 +143,7 @@ def adapt(
                 retain_ts.select(order),
                 targets,
                 device,
+                batch_size=fisher_batch,
                 on_example=lambda i, n: progress("fisher", i, n, {"set": "retain"}),
             )
             if len(retain_ts)
@@ -192,10 +198,15 @@ def train(
     thresholds: Thresholds | None,
     progress: Progress = _noop_progress,
     should_cancel: CancelCheck = _never,
+    anchored: bool = False,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
-    or `max_steps`. Without thresholds (no holdout set) it runs `max_steps` and never claims "reached"."""
+    or `max_steps`. Without thresholds (no holdout set) it runs `max_steps` and never claims "reached".
+
+    `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
+    `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`)."""
     objective = OBJECTIVES[config.method]
+    anchor_weight = config.previous_kl_weight if anchored and objective.uses_retain else 0.0
     model = adapted.model
     params = adapted.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -239,7 +250,7 @@ def train(
         fb = forget_ts.select(f_idx).to(device)
         rb = retain_ts.select(next(retain_batches)).to(device) if retain_batches is not None else None
         ref_retain_logits = None
-        if rb is not None and objective.needs_ref_retain_logits:
+        if rb is not None and (objective.needs_ref_retain_logits or anchor_weight > 0):
             # Before the trained forward: the FILA reference swaps weights in place, which must not
             # happen under a live autograd graph.
             with torch.no_grad(), autocast(device), adapted.reference() as ref:
@@ -250,6 +261,7 @@ def train(
                 forget_labels=fb.labels,
                 ref_retain_logits=ref_retain_logits,
                 retain_weight=config.retain_weight,
+                anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
             )
             if ref_forget_logp is not None:

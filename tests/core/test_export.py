@@ -105,3 +105,9 @@ def test_cumulative_version_forgets_both_requests_from_disk(tiny_loaded, tiny_wo
     assert both.extraction == 0.0
     # v2's own threshold is measured on v1 (already lower); the "never seen" reference is the base's holdout.
     assert both.ma <= v1.report["thresholds"]["ma"] + 0.05
+    # Request 1 stays forgotten in version 2: v2 trains against KL to v1 on the retain set, not the retain
+    # NLL (with which request 1's MA came back to 0.59 here, well above the holdout's 0.40).
+    assert (v1.report["retain_term"], v2.report["retain_term"]) == ("nll", "kl_to_starting_model")
+    first = evaluate_set(model, encode_set(tiny_loaded.tokenizer, forget[:3]), torch.device("cpu")).metrics
+    assert first.extraction == 0.0
+    assert first.ma <= v1.report["thresholds"]["ma"] + 0.05

@@ -98,3 +98,27 @@ def test_ga_is_negative_nll():
     labels = torch.tensor([[0, 1, 2, 3]])
     loss, _ = OBJECTIVES["ga"].fn(LossInputs(forget_logits=f, forget_labels=labels))
     assert loss.item() == pytest.approx(-nll(f, labels).item())
+
+
+@pytest.mark.parametrize("method", ["ihl", "gd", "npo"])
+def test_anchored_retain_term_is_weighted_kl_to_the_starting_model_instead_of_nll(method):
+    """Cumulative jobs: `anchor_weight`·KL(starting model ‖ model) on the retain batch replaces λ·NLL."""
+    torch.manual_seed(2)
+    f, r = torch.randn(2, 5, 9), torch.randn(3, 5, 9)
+    labels_f, labels_r = torch.randint(0, 9, (2, 5)), torch.randint(0, 9, (3, 5))
+    ref = r + 0.3 * torch.randn_like(r)
+    common = {
+        "forget_logits": f,
+        "forget_labels": labels_f,
+        "retain_logits": r,
+        "retain_labels": labels_r,
+        "ref_forget_logp": sequence_logprob(f, labels_f) + 0.2,
+        "ref_retain_logits": ref,
+        "retain_weight": 0.5,
+    }
+    plain, plain_parts = OBJECTIVES[method].fn(LossInputs(**common))
+    anchored, parts = OBJECTIVES[method].fn(LossInputs(**common, anchor_weight=3.0))
+    assert plain_parts["retain_loss"] == pytest.approx(nll(r, labels_r).item())
+    assert parts["retain_loss"] == pytest.approx(kl_to_reference(r, ref, labels_r).item())
+    forget_term = plain.item() - 0.5 * plain_parts["retain_loss"]
+    assert anchored.item() == pytest.approx(forget_term + 3.0 * parts["retain_loss"], rel=1e-5)
