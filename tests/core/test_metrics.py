@@ -109,14 +109,21 @@ def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded,
     texts = [r.text for r in tiny_world.retain[:6]]
     probes = [Probe(question=t.split(" Email:")[0], answer=" Email:" + t.split(" Email:")[1]) for t in texts]
     got = probe_accuracy(model, tok, probes, device)
-    assert got["accuracy"] >= 0.8  # memorised people: the question elicits the rest of the record
-    probs = []
+    probs, hits = [], 0
     with torch.inference_mode():
-        for p in probes:  # geometric mean of the answer tokens' teacher-forced probabilities, one by one
+        for p in probes:  # one by one: uncached greedy answer, and the teacher-forced answer probability
             ts = encode_set(tok, [Record(prompt=p.question, completion=p.answer)])
+            enc = ts.encoded[0]
+            ids = enc.ids[: enc.prefix_len]
+            for _ in range(len(enc.ids) - enc.prefix_len):
+                ids = ids + [int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())]
+            answer = tok.decode(ids[enc.prefix_len :], skip_special_tokens=True)
+            hits += answer.strip().lower().startswith(p.answer.strip().lower())
             logits = model(input_ids=ts.input_ids).logits
             s, c = nll_per_record(logits, ts.labels)
             probs.append(math.exp(-(s / c).item()))
+    assert hits >= 3  # memorised people: the question elicits the rest of the record for most of them
+    assert got["accuracy"] == hits / len(probes)
     assert got["answer_prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-5)
     wrong = probe_accuracy(model, tok, [Probe(p.question, " Email: nobody@nowhere.test.") for p in probes], device)
     assert wrong["accuracy"] == 0.0 and wrong["answer_prob"] < got["answer_prob"]
