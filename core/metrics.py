@@ -37,12 +37,11 @@ def min_k_score(logits: torch.Tensor, labels: torch.Tensor, k: float = 0.2) -> t
     """Min-k% Prob (Shi et al. 2024): mean log-prob of the k% least likely target tokens, per record.
     Higher means "looks like training data"."""
     picked, mask = token_logprobs(logits, labels)
-    out = []
-    for row, m in zip(picked, mask, strict=True):
-        vals = row[m]
-        n = max(1, int(len(vals) * k))
-        out.append(vals.sort().values[:n].mean() if len(vals) else row.new_zeros(()))
-    return torch.stack(out)
+    count = mask.sum(-1)
+    n = (count.double() * k).floor().long().clamp_min(1)  # max(1, int(len · k)), as in the paper's code
+    lowest_first = picked.masked_fill(~mask, float("inf")).sort(-1).values.cumsum(-1)
+    mean = lowest_first.gather(-1, (n - 1).clamp_max(picked.size(-1) - 1)[:, None]).squeeze(-1) / n
+    return torch.where(count > 0, mean, torch.zeros_like(mean))
 
 
 def ngram_overlap(generated: list[int], reference: list[int], n: int) -> float:
@@ -80,27 +79,71 @@ def forward_logits(model, ts: TokenSet, device: torch.device, batch_size: int = 
     return out
 
 
+DECODE_CACHE_BYTES = 512 << 20  # KV cache of one greedy-decode batch
+
+
+def decode_batch_rows(model, tokens_per_row: int, budget_bytes: int = DECODE_CACHE_BYTES) -> int:
+    """Rows per decode batch whose KV cache fits `budget_bytes` (a few dozen for a 7B model), at most 128 on
+    CPU: there the cache is re-concatenated every step and batches beyond ≈ 128 rows fall out of the CPU's
+    caches (measured: 64–128 rows 0.45 s, 256 rows 0.65 s for 200 demo records)."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    layers, hidden = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "hidden_size", None)
+    if not layers or not hidden:
+        return 64
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    kv_width = hidden * kv_heads // heads if heads else hidden  # grouped-query attention caches fewer heads
+    weight = next(model.parameters())
+    per_row = 2 * layers * kv_width * max(tokens_per_row, 1) * weight.element_size()
+    cap = 128 if weight.device.type == "cpu" else 4096
+    return int(max(1, min(cap, budget_bytes // per_row)))
+
+
 @torch.inference_mode()
-def greedy_continue(model, prefixes: list[list[int]], lengths: list[int], device: torch.device) -> list[list[int]]:
-    """Greedy continuation of each prefix for its length, KV-cached, batching prefixes of equal length
-    (no padding, so positions are exact for every architecture)."""
+def greedy_continue(
+    model, prefixes: list[list[int]], lengths: list[int], device: torch.device, batch_size: int | None = None
+) -> list[list[int]]:
+    """Greedy continuation of each prefix for its length, KV-cached, in batches of left-padded prefixes.
+
+    Padding is masked out and real tokens keep their true positions (`position_ids` count only real tokens),
+    so each row decodes as if alone; rows are sorted by length so a batch holds little padding. Batches
+    are as large as the KV-cache budget allows (`batch_size` overrides): the cost is dominated by forward
+    calls per generated token, so any set of prefixes, whatever their lengths, takes a few batches.
+    """
     out: list[list[int]] = [[] for _ in prefixes]
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(prefixes):
-        groups.setdefault(len(p), []).append(i)
-    for idx in groups.values():
-        steps = max(lengths[i] for i in idx)
-        if steps == 0:
-            continue
-        ids = torch.tensor([prefixes[i] for i in idx], dtype=torch.long, device=device)
-        past = None
-        generated = []
+    # A batch runs as many steps as its longest continuation: group by that first, then by prefix length.
+    order = sorted((i for i in range(len(prefixes)) if lengths[i] > 0), key=lambda i: (lengths[i], len(prefixes[i])))
+    if not order:
+        return out
+    if batch_size is None:
+        batch_size = decode_batch_rows(model, max(len(prefixes[i]) + lengths[i] for i in order))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(prefixes[i]) for i in idx)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)  # pad id 0: masked, never attended
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prefixes[i]) :] = torch.tensor(prefixes[i], dtype=torch.long)
+            mask[row, width - len(prefixes[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        past, generated = None, []
         with autocast(device):
-            for _ in range(steps):
-                res = model(input_ids=ids, past_key_values=past, use_cache=True)
+            for _ in range(max(lengths[i] for i in idx)):
+                res = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 past = res.past_key_values
                 ids = res.logits[:, -1, :].argmax(-1, keepdim=True)
                 generated.append(ids)
+                mask = torch.cat([mask, mask.new_ones(len(idx), 1)], dim=1)
+                positions = positions[:, -1:] + 1
         gen = torch.cat(generated, dim=1).tolist()
         for row, i in enumerate(idx):
             out[i] = gen[row][: lengths[i]]

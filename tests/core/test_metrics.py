@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from core.data import encode_set
+from core.losses import token_logprobs
 from core.metrics import (
     auc,
     evaluate_set,
@@ -51,13 +52,38 @@ def test_min_k_takes_mean_of_lowest_log_probs():
     assert c.item() == 5
 
 
+def test_batched_min_k_equals_the_per_record_definition():
+    """Rows of different lengths (masked tails) and k that rounds differently per row."""
+    torch.manual_seed(3)
+    logits = torch.randn(5, 12, 7)
+    labels = torch.randint(0, 7, (5, 12))
+    for row, length in enumerate([12, 9, 6, 3, 1]):  # the last row has no target token at all
+        labels[row, length:] = -100
+    labels[:, 0] = -100
+    picked, mask = token_logprobs(logits, labels)
+    for k in (0.2, 0.35, 1.0):
+        expected = []
+        for row, m in zip(picked, mask, strict=True):
+            vals = row[m]
+            n = max(1, int(len(vals) * k))
+            expected.append(float(vals.sort().values[:n].mean()) if len(vals) else 0.0)
+        assert min_k_score(logits, labels, k).tolist() == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.slow
-def test_batched_greedy_equals_per_sample_uncached_definition(tiny_loaded, tiny_world):
-    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt2"])
+def test_batched_greedy_equals_per_sample_uncached_definition(arch, tiny_loaded, tiny_world, tiny_gpt2_dir):
+    """Left-padded batches (several prefix lengths per batch, a batch size that splits the set) decode
+    exactly what each prefix decodes alone, with absolute position embeddings (GPT-Neo, GPT-2)."""
+    from core.modeling import load_model
+
+    loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
     ts = encode_set(tok, tiny_world.retain[:12] + tiny_world.holdout[:4])
     prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
     lengths = [len(e.ids) - e.prefix_len for e in ts.encoded]
-    batched = greedy_continue(model, prefixes, lengths, device)
+    assert len(set(map(len, prefixes))) > 3
+    batched = greedy_continue(model, prefixes, lengths, device, batch_size=5)
     with torch.inference_mode():
         for prefix, n, got in zip(prefixes, lengths, batched, strict=True):
             ids = list(prefix)
@@ -127,3 +153,24 @@ def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded,
     assert got["answer_prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-5)
     wrong = probe_accuracy(model, tok, [Probe(p.question, " Email: nobody@nowhere.test.") for p in probes], device)
     assert wrong["accuracy"] == 0.0 and wrong["answer_prob"] < got["answer_prob"]
+
+
+def test_decode_batch_rows_follows_the_kv_cache_budget():
+    from types import SimpleNamespace
+
+    from core.metrics import decode_batch_rows
+
+    class Fake(torch.nn.Module):
+        def __init__(self, **cfg):
+            super().__init__()
+            self.config = SimpleNamespace(**cfg)
+            self.w = torch.nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
+
+    llama7b = Fake(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32)
+    per_row = 2 * 32 * 4096 * 100 * 2  # K and V, every layer, 100 tokens, bf16
+    assert decode_batch_rows(llama7b, 100, budget_bytes=10 * per_row) == 10
+    gqa = Fake(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8)
+    assert decode_batch_rows(gqa, 100, budget_bytes=10 * per_row) == 40  # 4× fewer cached heads
+    assert decode_batch_rows(llama7b, 100, budget_bytes=1) == 1
+    assert decode_batch_rows(Fake(num_hidden_layers=2, hidden_size=8), 10) == 128  # CPU cap
+    assert decode_batch_rows(Fake(), 10) == 64  # no usable config: a safe default
