@@ -240,7 +240,7 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
             targets = find_targets(model, default_target_modules(model))
             local_peak = matmul_peak(5)["gflops_median"]
             stamps: dict[int, float] = {}
-            shapes: list[tuple[int, int]] = []  # (B, T) of the training forwards, in order
+            shapes: list[tuple[int, int]] = []  # (B, T) of the training forward of each step, in order
 
             def hook(module, args, shapes=shapes):
                 # peft calls the base model's .forward directly (no hooks): watch the token embedding instead.
@@ -266,9 +266,9 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
             steps = []
             for s in range(warm + 1, warm + timed + 1):
                 dt = stamps[s] - stamps[s - 1]
-                (b1, t1), (b2, t2) = shapes[2 * (s - 1)], shapes[2 * (s - 1) + 1]
-                padded = b1 * t1 + b2 * t2
-                attn = layers * 4 * hidden * (b1 * t1 * t1 + b2 * t2 * t2)
+                b, t = shapes[s - 1]  # one training forward per step: forget and retain rows together
+                padded = b * t
+                attn = layers * 4 * hidden * b * t * t
                 exact = 4 * n_mm * padded + 6 * n_lora * padded + 3 * attn
                 steps.append({"seconds": dt, "tokens": padded, "exact": exact})
             sec = _median([x["seconds"] for x in steps])

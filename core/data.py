@@ -49,6 +49,22 @@ class TokenSet:
         return TokenSet(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.encoded)
 
 
+def concat(sets: list[TokenSet]) -> TokenSet:
+    """Rows of several sets in one right-padded batch (pad positions are masked and carry no label), so one
+    forward pass serves them all; each set's rows keep their positions, hence their outputs."""
+    width = max(ts.input_ids.size(1) for ts in sets)
+
+    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+
+    return TokenSet(
+        torch.cat([pad(ts.input_ids, 0) for ts in sets]),
+        torch.cat([pad(ts.attention_mask, 0) for ts in sets]),
+        torch.cat([pad(ts.labels, IGNORE) for ts in sets]),
+        [e for ts in sets for e in ts.encoded],
+    )
+
+
 def _ids(tokenizer, text: str, *, add_special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 

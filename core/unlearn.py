@@ -17,7 +17,7 @@ from torch import nn
 
 from core import lora
 from core.config import UnlearnConfig
-from core.data import TokenSet
+from core.data import TokenSet, concat
 from core.device import autocast
 from core.errors import Cancelled
 from core.export import Component, Delta
@@ -256,8 +256,13 @@ def train(
             with torch.no_grad(), autocast(device), adapted.reference() as ref:
                 ref_retain_logits = ref(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
         with autocast(device):
+            # One forward pass over the forget and retain rows together: half the kernel launches of two
+            # passes, on matmuls twice as tall (the step is launch-bound on small models).
+            both = concat([fb, rb]) if rb is not None else fb
+            logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
+            n_f = fb.input_ids.size(0)
             inputs = LossInputs(
-                forget_logits=model(input_ids=fb.input_ids, attention_mask=fb.attention_mask).logits,
+                forget_logits=logits[:n_f, : fb.input_ids.size(1)],
                 forget_labels=fb.labels,
                 ref_retain_logits=ref_retain_logits,
                 retain_weight=config.retain_weight,
@@ -267,7 +272,7 @@ def train(
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
             if rb is not None:
-                inputs.retain_logits = model(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
+                inputs.retain_logits = logits[n_f:, : rb.input_ids.size(1)]
                 inputs.retain_labels = rb.labels
             loss, parts = objective.fn(inputs)
         opt.zero_grad(set_to_none=True)

@@ -154,3 +154,22 @@ def test_stopping_checks_decode_only_once_ma_passes(ihl_fila):
             assert h["forget_el"] is not None
     assert r["history"][0]["forget_el"] is None  # memorised at step 0: MA far above the holdout's
     assert r["history"][-1]["forget_el"] <= thr["el"]
+
+
+def test_one_forward_over_forget_and_retain_rows_equals_two_separate_passes(tiny_loaded, tiny_world):
+    """The loop's fused forward (core.data.concat): each set's logits on its own positions, as if alone."""
+    from core.data import IGNORE, concat, encode_set
+
+    model, tok = tiny_loaded.model, tiny_loaded.tokenizer
+    fb = encode_set(tok, tiny_world.forget[:3])
+    rb = encode_set(tok, [tiny_world.retain[0], tiny_world.holdout[0]])
+    rb = rb.select([0, 1])
+    both = concat([fb, rb])
+    assert both.input_ids.size(0) == 5 and (both.labels[both.attention_mask == 0] == IGNORE).all()
+    with torch.inference_mode():
+        fused = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
+        for part, rows in ((fb, slice(0, 3)), (rb, slice(3, 5))):
+            alone = model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
+            real = part.attention_mask.bool()
+            got = fused[rows, : part.input_ids.size(1)]
+            assert torch.allclose(got[real], alone[real], atol=1e-5)
