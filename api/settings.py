@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     bootstrap_key: SecretStr | None = Field(None, description="Ensure an admin API key with this secret exists.")
     model_cache_size: int = Field(1, ge=0, le=16, description="Base models kept loaded in a worker process.")
     device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="CPU threads of torch in a worker; default: physical cores, capped by the "
+        "CPUs the process may use (affinity, cgroup quota).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     # Security and compliance (README "Security and compliance"): limits, rate limit, idempotency, audit signing key.

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("unlearnd_precision", default="auto")
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's pick: the machine's physical cores
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -45,3 +50,25 @@ def autocast(device: torch.device):
     if resolve_precision(device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def usable_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota. torch counts the
+    machine's cores, so in a container limited to fewer its threads wait on each other at every barrier."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads for a worker: `threads` if configured, else torch's own default (physical
+    cores) capped by the usable CPUs. Process-wide; returns the number set."""
+    n = threads or min(_TORCH_DEFAULT_THREADS, usable_cpus())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -120,8 +120,10 @@ def _prefix(e: CoreError) -> str:
 
 def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
     from core.config import UnlearnConfig
+    from core.device import set_cpu_threads
     from core.pipeline import run_forget
 
+    set_cpu_threads(rt.settings.torch_threads)
     inputs = _load_inputs(rt, job_id)
     work = rt.work_dir / f"{job_id}-{inputs.attempt}"
     shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,7 @@
 """GPU readiness on a CPU machine: the bf16 autocast path is the same code switched by precision/device."""
 
+import os
+
 import pytest
 import torch
 
@@ -43,3 +45,29 @@ def test_bf16_autocast_run_forgets_and_exports_exactly(tiny_loaded, tiny_world, 
     # the exported adapter is checked in fp32 against the trained weights: exact whatever the run's precision
     assert r.report["adapter"]["export_max_abs_diff"] <= 1e-4
     assert r.report["config"]["precision"] == "bf16"
+
+
+def test_usable_cpus_honours_affinity_and_a_cgroup_quota(tmp_path):
+    from core.device import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # half a CPU still gets one thread
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{(affinity + 8) * 100000} 100000\n")  # a quota above the affinity does not add CPUs
+    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity
+
+
+def test_set_cpu_threads_uses_the_configured_number_else_the_capped_default():
+    from core import device
+
+    before = torch.get_num_threads()
+    try:
+        assert device.set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        expected = min(device._TORCH_DEFAULT_THREADS, device.usable_cpus())
+        assert device.set_cpu_threads(None) == expected and torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
