@@ -59,6 +59,9 @@ class ConfigIn(_In):
     batch_size: int | None = Field(None, ge=1, le=1024)
     retain_batch_size: int | None = Field(None, ge=0, le=1024)
     retain_weight: float | None = Field(None, ge=0, le=100)
+    previous_kl_weight: float | None = Field(
+        None, ge=0, le=100, description="Cumulative jobs: weight of KL(previous version ‖ model) on retain data."
+    )
     max_steps: int | None = Field(None, ge=1, le=100_000)
     eval_every: int | None = Field(None, ge=1, le=100_000)
     npo_beta: float | None = Field(None, gt=0, le=10)
