@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import certificates, idempotency, security
-from api.db import transaction, upgrade_to_head
+from api.db import read_only_factory, transaction, upgrade_to_head
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guard import RequestGuard
 from api.ratelimit import RateLimiter
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.runtime = rt
         app.state.session_factory = rt.sessions
+        app.state.read_session_factory = read_only_factory(rt.sessions)
         app.state.blobs = rt.blobs
         app.state.dispatcher = dispatcher
         dispatcher.start()

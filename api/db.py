@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import Settings
@@ -27,7 +27,11 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    # A GET holds its connection across a few event-loop turns, so concurrent pollers can hold more than
+    # the default 5 (+10 overflow, opened and closed per use, PRAGMAs included): keep enough pooled.
+    in_memory = make_url(url).database in (None, "", ":memory:")  # SingletonThreadPool: no sizes
+    pool = {} if in_memory else {"pool_size": 20, "max_overflow": 20}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -41,7 +45,12 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY):
+            # Every GET runs this: straight to the driver, as exec_driver_sql's execution context costs more
+            # than the statement. A deferred BEGIN takes no lock, so it cannot fail on a busy database.
+            conn.connection.driver_connection.execute("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -51,8 +60,13 @@ READ_ONLY = "unlearnd_read_only"
 
 def read_only_session(factory: sessionmaker[Session]) -> Session:
     """A session for work that never writes (on SQLite it begins deferred; elsewhere nothing changes)."""
+    return read_only_factory(factory)()
+
+
+def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """`factory`'s read-only twin, built once per app rather than once per GET (an option engine per call)."""
     engine: Engine = factory.kw["bind"]
-    return factory(bind=engine.execution_options(**{READ_ONLY: True}))
+    return sessionmaker(**{**factory.kw, "bind": engine.execution_options(**{READ_ONLY: True})})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -3,15 +3,16 @@ loaders that turn an id in the path into a row of the caller's tenant or a 404."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import security
-from api.db import read_only_session
 from api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
 from api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
 from api.ratelimit import RateLimiter, retry_after_header
@@ -21,17 +22,29 @@ from worker.dispatch import Dispatcher
 M = TypeVar("M")
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    factory = request.app.state.session_factory
-    with read_only_session(factory) if request.method in ("GET", "HEAD") else factory() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session: read-only for GET/HEAD (see api/db.py). Async so that it costs no worker-thread
+    round trip: creating a session does no I/O (the first query, in a worker thread, checks a connection out).
+    Closing one that still holds a connection is I/O (rollback, return to the pool): it runs in a thread,
+    shielded from cancellation and outside the thread limit, as FastAPI runs a sync dependency's exit."""
+    read_only = request.method in ("GET", "HEAD")
+    state = request.app.state
+    session = state.read_session_factory() if read_only else state.session_factory()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
+        else:
+            session.close()  # nothing checked out: no I/O
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
@@ -47,7 +60,7 @@ bearer = HTTPBearer(
 )
 
 
-def authenticate(
+async def authenticate(
     security_scopes: SecurityScopes,
     request: Request,
     session: DbSession,
@@ -55,10 +68,11 @@ def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
     """`Authorization: Bearer <key>`; a missing, unknown or revoked key is 401 (no hint which), a key without
-    the scopes the endpoint declares is 403. The key is looked up (and rate limited) once per request."""
+    the scopes the endpoint declares is 403. The key is looked up (and rate limited) once per request, in a
+    worker thread; the scope check and every later use of the key on this request need no thread."""
     row: ApiKey | None = getattr(request.state, "api_key", None)
     if row is None:
-        row = _lookup(request, session, settings, credentials)
+        row = await run_in_threadpool(_lookup, request, session, settings, credentials)
         request.state.api_key = row
     missing = [s for s in security_scopes.scopes if s not in (row.scopes or [])]
     if missing:
@@ -100,14 +114,22 @@ Caller = Annotated[ApiKey, Security(authenticate)]
 MODELS_ADMIN, REQUESTS_WRITE, REQUESTS_READ, ADAPTERS_READ, AUDIT_READ = security.ALL_SCOPES
 
 
+ResourceId = Annotated[str, Path(max_length=40)]
+
+
+def not_found(kind: str, id: str) -> NotFound:
+    """The 404 of an id that does not exist or belongs to another tenant (the two are indistinguishable)."""
+    return NotFound(f"{kind} {id!r} not found", details={"resource": kind, "id": id})
+
+
 def _loader(model: type[M], kind: str) -> Callable[..., M]:
     """A dependency loading `model` by the `{id}` path parameter, 404 unless it belongs to the caller's tenant
     (another tenant's ids are indistinguishable from ids that do not exist)."""
 
-    def load(id: Annotated[str, Path(max_length=40)], session: DbSession, caller: Caller) -> M:
+    def load(id: ResourceId, session: DbSession, caller: Caller) -> M:
         row: Any = session.get(model, id)
         if row is None or row.tenant_id != caller.tenant_id:
-            raise NotFound(f"{kind} {id!r} not found", details={"resource": kind, "id": id})
+            raise not_found(kind, id)
         return row
 
     load.__name__ = f"load_{kind.replace(' ', '_')}"
@@ -115,7 +137,8 @@ def _loader(model: type[M], kind: str) -> Callable[..., M]:
 
 
 ModelDep = Annotated[BaseModel, Depends(_loader(BaseModel, "model"))]
-RequestDep = Annotated[ForgetRequest, Depends(_loader(ForgetRequest, "forget request"))]
+REQUEST = "forget request"
+RequestDep = Annotated[ForgetRequest, Depends(_loader(ForgetRequest, REQUEST))]
 JobDep = Annotated[Job, Depends(_loader(Job, "job"))]
 AdapterDep = Annotated[AdapterVersion, Depends(_loader(AdapterVersion, "adapter"))]
 AuditDep = Annotated[AuditRecord, Depends(_loader(AuditRecord, "audit record"))]

@@ -150,7 +150,8 @@ class ForgetRequest(Base):
     legal_basis: Mapped[str] = mapped_column(String(200))
     ticket: Mapped[str | None] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))  # for tracing; dedup is idempotency_keys
-    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Deferred: possibly MBs of ciphertext that only the worker reads; loaded on first access.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     payload_purged_at: Mapped[datetime | None]
     record_salt: Mapped[str] = mapped_column(String(64))
     record_hashes: Mapped[list[Any]] = mapped_column(default=list)

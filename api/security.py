@@ -12,7 +12,7 @@ import hmac
 import json
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from api.models import ApiKey, Tenant, utcnow
@@ -96,8 +96,12 @@ def create_api_key(
     return row, key
 
 
+# Every authenticated request runs this; one prebuilt statement keeps SQLAlchemy's cache key memoised.
+_KEY_BY_HASH = select(ApiKey).where(ApiKey.secret_hash == bindparam("secret_hash"))
+
+
 def find_api_key(session: Session, settings: Settings, key: str) -> ApiKey | None:
-    row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_api_key(settings, key)))
+    row = session.scalar(_KEY_BY_HASH, {"secret_hash": hash_api_key(settings, key)})
     if row is None or row.revoked_at is not None:
         return None
     return row

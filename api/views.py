@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -42,14 +44,68 @@ def job_of_request(session: Session, request_id: str) -> Job:
     return job
 
 
+# A request's status in one SELECT: the request's shown columns, its job's, and the ids of what the job
+# published (adapter, audit). Each join matches at most one row (job_requests.request_id,
+# adapter_versions.job_id and audit_records.request_id are unique). The encrypted payload is never selected.
+_STATUS = (
+    select(
+        ForgetRequest.id,
+        ForgetRequest.status,
+        ForgetRequest.model_id,
+        ForgetRequest.subject_hash,
+        ForgetRequest.legal_basis,
+        ForgetRequest.ticket,
+        ForgetRequest.record_count,
+        ForgetRequest.record_hashes,
+        ForgetRequest.probe_count,
+        ForgetRequest.error,
+        ForgetRequest.created_at,
+        ForgetRequest.finished_at,
+        Job.id.label("job_id"),
+        Job.config.label("job_config"),
+        Job.phase,
+        Job.step,
+        Job.total,
+        Job.progress,
+        AdapterVersion.id.label("adapter_id"),
+        AdapterVersion.version.label("adapter_version"),
+        AuditRecord.id.label("audit_id"),
+        AuditRecord.verdict,
+    )
+    .select_from(ForgetRequest)
+    .outerjoin(JobRequest, JobRequest.request_id == ForgetRequest.id)
+    .outerjoin(Job, Job.id == JobRequest.job_id)
+    .outerjoin(AdapterVersion, AdapterVersion.job_id == Job.id)
+    .outerjoin(AuditRecord, AuditRecord.request_id == ForgetRequest.id)
+)
+# Built once with bound parameters: each call executes the very same statement object, so SQLAlchemy reuses
+# its memoised cache key and result metadata instead of rebuilding and re-adapting them per call.
+_STATUS_OF_REQUEST = _STATUS.where(ForgetRequest.id == bindparam("request_id"))
+_STATUS_OF_TENANT = _STATUS_OF_REQUEST.where(ForgetRequest.tenant_id == bindparam("tenant_id"))
+
+
+def request_status(session: Session, request_id: str, tenant_id: str) -> schemas.ForgetRequestOut | None:
+    """`GET /v1/forget-requests/{id}`: what `request_out` shows, in one statement on the session's connection
+    (Core rows, no ORM objects: status polling is the hottest path). None for an unknown id or another
+    tenant's, which are indistinguishable."""
+    params = {"request_id": request_id, "tenant_id": tenant_id}
+    row = session.connection().execute(_STATUS_OF_TENANT, params).one_or_none()
+    return None if row is None else _request_body(row, row)
+
+
 def request_out(session: Session, req: ForgetRequest) -> schemas.ForgetRequestOut:
-    job = job_of_request(session, req.id)
-    adapter = session.scalar(select(AdapterVersion).where(AdapterVersion.job_id == job.id))
-    audit = session.scalar(select(AuditRecord).where(AuditRecord.request_id == req.id))
+    """A request of this session (just created or changed) with its job and what the job published."""
+    return _request_body(req, session.execute(_STATUS_OF_REQUEST, {"request_id": req.id}).one())
+
+
+def _request_body(req: ForgetRequest | Row[Any], links: Row[Any]) -> schemas.ForgetRequestOut:
+    """The one place a request's body is built: `req` has the request's columns (an ORM object or a `_STATUS`
+    row), `links` is the `_STATUS` row (job, adapter, audit)."""
+    assert links.job_id is not None, f"request {req.id} has no job"
     return schemas.ForgetRequestOut(
         id=req.id,
         status=req.status,
-        job_id=job.id,
+        job_id=links.job_id,
         model_id=req.model_id,
         subject_hash=req.subject_hash,
         legal_basis=req.legal_basis,
@@ -57,11 +113,15 @@ def request_out(session: Session, req: ForgetRequest) -> schemas.ForgetRequestOu
         record_count=req.record_count,
         record_hashes=req.record_hashes,
         probe_count=req.probe_count,
-        config=job.config,
-        progress=progress(job),
-        adapter_version=schemas.AdapterRef(id=adapter.id, version=adapter.version) if adapter else None,
-        audit_id=audit.id if audit else None,
-        verdict=audit.verdict if audit else None,
+        config=links.job_config,
+        progress=schemas.ProgressOut(
+            phase=links.phase, step=links.step, total=links.total, metrics=links.progress or {}
+        ),
+        adapter_version=(
+            schemas.AdapterRef(id=links.adapter_id, version=links.adapter_version) if links.adapter_id else None
+        ),
+        audit_id=links.audit_id,
+        verdict=links.verdict,
         error=req.error,
         created_at=req.created_at,
         finished_at=req.finished_at,
