@@ -67,7 +67,7 @@ def set_requests(session: Session, job_id: str, status: str, *, error: str | Non
 
 def purge_payload(req: ForgetRequest, now: datetime) -> None:
     """Issue 5's PII minimisation hook: after the outcome is recorded only the record hashes remain."""
-    if req.payload is not None:
+    if req.payload_purged_at is None:  # not `req.payload`: the column is deferred, reading it loads the blob
         req.payload = None
         req.payload_purged_at = now
 
