@@ -36,7 +36,11 @@ def nll_per_record(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def min_k_score(logits: torch.Tensor, labels: torch.Tensor, k: float = 0.2) -> torch.Tensor:
     """Min-k% Prob (Shi et al. 2024): mean log-prob of the k% least likely target tokens, per record.
     Higher means "looks like training data"."""
-    picked, mask = token_logprobs(logits, labels)
+    return min_k_from_logprobs(*token_logprobs(logits, labels), k)
+
+
+def min_k_from_logprobs(picked: torch.Tensor, mask: torch.Tensor, k: float = 0.2) -> torch.Tensor:
+    """Min-k% from target log-probs and their mask (B×(T−1)), without a per-record loop."""
     count = mask.sum(-1)
     n = (count.double() * k).floor().long().clamp_min(1)  # max(1, int(len · k)), as in the paper's code
     lowest_first = picked.masked_fill(~mask, float("inf")).sort(-1).values.cumsum(-1)
@@ -183,10 +187,10 @@ def evaluate_set(
     for start, logits in zip(range(0, len(ts), batch_size), forward_logits(model, ts, device, batch_size), strict=True):
         labels = ts.labels[start : start + batch_size, : logits.size(1)].to(device)
         ma.append(ma_per_record(logits, labels))
-        s, c = nll_per_record(logits, labels)
-        nll_sum.append(s)
-        tok.append(c)
-        min_k.append(min_k_score(logits, labels))
+        picked, mask = token_logprobs(logits, labels)  # once for the NLL and Min-k% (a V-wide log-softmax)
+        nll_sum.append(-picked.sum(-1))
+        tok.append(mask.sum(-1))
+        min_k.append(min_k_from_logprobs(picked, mask))
     ma_t, nll_t, tok_t = torch.cat(ma), torch.cat(nll_sum), torch.cat(tok)
     el, ext = generation_scores(model, ts, device, el_n) if generate else (float("nan"), float("nan"))
     if was_training:

@@ -144,8 +144,13 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             anchored=anchored,
         )
 
+        # The trained model's reference outputs for the export check, before the merged evaluation below
+        # touches the weights (unmerging restores them only to within rounding).
+        check_batch = _check_batch(sets)
+        trained_logits = _logits(adapted.model, check_batch, device)
         progress("evaluating", 1, 2, {"when": "after"})
-        after, _ = measure(adapted.model, tokenizer, sets, probes, config, device)
+        with adapted.merged() as trained:
+            after, _ = measure(trained, tokenizer, sets, probes, config, device)
 
         progress("exporting", 0, 1, {})
         if config.init == "full":
@@ -162,8 +167,6 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
                 fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
                 scale=config.scaling,
             )
-            check_batch = _check_batch(sets)
-            trained_logits = _logits(adapted.model, check_batch, device)
             rank = max(sum(c.a.size(0) for c in comps) for comps in delta.values())
             adapter_info = {
                 "kind": "lora",
