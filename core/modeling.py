@@ -86,9 +86,9 @@ def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
     dev = pick_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source), local_files_only=True, dtype=dtype, attn_implementation="eager"
-        )
+        # transformers picks the attention kernel: SDPA (flash / memory-efficient on a GPU) where the family
+        # has it, eager otherwise (GPT-Neo). Padded batches and left-padded decoding are tested on both.
+        model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for bad dirs
         reason = " ".join(str(e).split())[:300]  # one line: it ends up in a job event or a CLI error
