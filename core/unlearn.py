@@ -137,35 +137,11 @@ def adapt(
             p.requires_grad_(True)
         return Adapted(model, "full", reference_copy=ref)
 
-    factors = {}
-    if config.init == "fila":
-        fisher_batch = max(config.batch_size, config.retain_batch_size)  # a training step's memory
-        f_forget = diagonal_fisher(
-            model,
-            forget_ts,
-            targets,
-            device,
-            max_examples=config.fisher_max_examples,
-            batch_size=fisher_batch,
-            on_example=lambda i, n: progress("fisher", i, n, {"set": "forget"}),
-        )
-        gen = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
-        f_retain = (
-            diagonal_fisher(
-                model,
-                retain_ts.select(order),
-                targets,
-                device,
-                batch_size=fisher_batch,
-                on_example=lambda i, n: progress("fisher", i, n, {"set": "retain"}),
-            )
-            if len(retain_ts)
-            else {k: torch.zeros_like(v) for k, v in f_forget.items()}
-        )
-        for name, module in targets.items():
-            f_rel = relative_importance(f_forget[name], f_retain[name])
-            factors[name] = fila_factors(lora.weight_matrix(module), f_rel, config.rank, config.scaling)
+    factors = (
+        fila_init_factors(model, config, targets, forget_ts, retain_ts, device, progress)
+        if config.init == "fila"
+        else {}
+    )
 
     fan_in_fan_out = any(lora.is_conv1d(m) for m in targets.values())
     target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
@@ -181,6 +157,71 @@ def adapt(
         initial[name] = (a0.to(device), b0.to(device))
     peft_model.train()
     return Adapted(peft_model, config.init, initial=initial)
+
+
+FISHER_MEMORY_BYTES = 4 << 30  # fp32 Fisher accumulators (forget + retain) held at once
+
+
+def fisher_groups(targets: dict[str, nn.Module], budget_bytes: int) -> list[dict[str, nn.Module]]:
+    """Target layers split into groups whose two fp32 Fisher matrices fit `budget_bytes`. The Fisher is as
+    large as the weights it covers, in fp32, twice (forget and retain): 52 GB for a 7B model's projections.
+    Each group costs one more pass over the Fisher examples, and a group never splits a layer."""
+    groups: list[dict[str, nn.Module]] = [{}]
+    used = 0
+    for name, module in targets.items():
+        size = 2 * 4 * lora.weight_matrix(module).numel()
+        if groups[-1] and used + size > budget_bytes:
+            groups.append({})
+            used = 0
+        groups[-1][name] = module
+        used += size
+    return groups
+
+
+def fila_init_factors(
+    model: nn.Module,
+    config: UnlearnConfig,
+    targets: dict[str, nn.Module],
+    forget_ts: TokenSet,
+    retain_ts: TokenSet,
+    device: torch.device,
+    progress: Progress = _noop_progress,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """FILA's (A, B) per target: Fisher on the forget set and on a seeded sample of the retain set, their
+    ratio, and the Fisher-weighted SVD, one memory-bounded group of layers at a time (`fisher_groups`)."""
+    batch = max(config.batch_size, config.retain_batch_size)  # a training step's activation memory
+    gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
+    retain_sample = retain_ts.select(order)
+    groups = fisher_groups(targets, FISHER_MEMORY_BYTES)
+    factors = {}
+    for g, group in enumerate(groups):
+        info = {"group": g + 1, "groups": len(groups)}
+        f_forget = diagonal_fisher(
+            model,
+            forget_ts,
+            group,
+            device,
+            max_examples=config.fisher_max_examples,
+            batch_size=batch,
+            on_example=lambda i, n, info=info: progress("fisher", i, n, {"set": "forget", **info}),
+        )
+        f_retain = (
+            diagonal_fisher(
+                model,
+                retain_sample,
+                group,
+                device,
+                batch_size=batch,
+                on_example=lambda i, n, info=info: progress("fisher", i, n, {"set": "retain", **info}),
+            )
+            if len(retain_sample)
+            else {k: torch.zeros_like(v) for k, v in f_forget.items()}
+        )
+        for name, module in group.items():
+            f_rel = relative_importance(f_forget.pop(name), f_retain.pop(name))
+            factors[name] = fila_factors(lora.weight_matrix(module), f_rel, config.rank, config.scaling)
+    return factors
 
 
 @dataclass

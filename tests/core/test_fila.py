@@ -125,3 +125,37 @@ def test_fila_initialised_model_equals_original_at_step_zero(arch, tiny_world, t
     # the base really moved to the residual: the LoRA carries the principal Fisher-weighted part
     moved = max((weight_matrix(m) - originals[n]).abs().max().item() for n, m in targets.items())
     assert moved > 1e-3
+
+
+def test_fisher_groups_respect_the_memory_budget_and_never_split_a_layer(tiny_loaded):
+    from core import lora
+    from core.unlearn import fisher_groups
+
+    targets = find_targets(tiny_loaded.model, default_target_modules(tiny_loaded.model))
+    sizes = {n: 8 * lora.weight_matrix(m).numel() for n, m in targets.items()}
+    assert fisher_groups(targets, sum(sizes.values())) == [targets]
+    groups = fisher_groups(targets, max(sizes.values()))
+    assert [n for g in groups for n in g] == list(targets)  # every layer once, in order
+    assert all(sum(sizes[n] for n in g) <= max(sizes.values()) for g in groups) and len(groups) > 1
+    assert len(fisher_groups(targets, 1)) == len(targets)  # a layer over budget still gets its own group
+
+
+@pytest.mark.slow
+def test_fila_factors_are_the_same_whatever_the_fisher_memory_budget(tiny_loaded, tiny_world, monkeypatch):
+    """Layer groups (one Fisher pass each) change the memory, not the factors."""
+    from core import unlearn
+
+    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+    fts, rts = encode_set(tok, tiny_world.forget), encode_set(tok, tiny_world.retain)
+    targets = find_targets(model, default_target_modules(model))
+    config = fast_config()
+    phases = []
+    whole = unlearn.fila_init_factors(model, config, targets, fts, rts, device)
+    monkeypatch.setattr(unlearn, "FISHER_MEMORY_BYTES", 1)
+    grouped = unlearn.fila_init_factors(
+        model, config, targets, fts, rts, device, progress=lambda *a: phases.append(a[3].get("groups"))
+    )
+    assert set(phases) == {len(targets)}
+    for name in targets:
+        for got, expected in zip(grouped[name], whole[name], strict=True):
+            assert torch.allclose(got, expected, atol=1e-5), name
