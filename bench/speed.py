@@ -898,42 +898,47 @@ def _small_mm_us(n: int = 256, reps: int = 100) -> float:
     return _r((time.perf_counter() - t0) / reps * 1e6, 1)
 
 
-def _in_thread(fn, *args, **kwargs):
-    """Run fn in a fresh thread (how the service's thread dispatcher runs a job) and return its result."""
-    box: dict = {}
+THREAD_PROBES = ("main thread", "worker thread", "worker thread after main-thread torch work", "main, 1 thread")
 
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # re-raised in the caller
-            box["error"] = e
 
-    th = threading.Thread(target=target, name="bench-speed")
-    th.start()
-    th.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+def thread_probe(mode: str, repeats: int) -> dict:
+    """One probe, in a fresh process (`--thread-probe`): torch's OpenMP teams are per calling thread."""
+    import torch
+
+    from core.device import in_own_thread
+
+    def measure() -> dict:
+        return {"peak_gflops": matmul_peak(repeats)["gflops_median"], "mm256_us": _small_mm_us()}
+
+    if mode == "main thread":
+        return measure()
+    if mode == "main, 1 thread":
+        torch.set_num_threads(1)
+        return measure()
+    if mode == "worker thread after main-thread torch work":
+        measure()
+    return in_own_thread(measure)
 
 
 def thread_settings(repeats: int) -> dict:
-    """Same ops in the main thread (torch default threads, then 1 thread) and in a fresh worker thread.
-    On a shared, oversubscribed machine the default 2-thread OpenMP pool of the main thread can be several
-    times slower than one thread (barrier waits behind other processes); the service runs jobs in worker
-    threads, so every other section of this bench runs in one too."""
-    import torch
-
-    default = torch.get_num_threads()
-    out = {"torch_threads_default": default}
-    out["main_default"] = {"peak_gflops": matmul_peak(repeats)["gflops_median"], "mm256_us": _small_mm_us()}
-    torch.set_num_threads(1)
-    try:
-        out["main_1_thread"] = {"peak_gflops": matmul_peak(repeats)["gflops_median"], "mm256_us": _small_mm_us()}
-    finally:
-        torch.set_num_threads(default)
-    out["worker_thread"] = _in_thread(
-        lambda: {"peak_gflops": matmul_peak(repeats)["gflops_median"], "mm256_us": _small_mm_us()}
-    )
+    """The same ops in fresh processes: in the main thread, in a worker thread (how the thread dispatcher runs
+    a job), in a worker thread of a process whose main thread used torch first, and with one thread. Found
+    here: once two threads of one process have run parallel torch ops, small ops in the second run ≈ 1.7×
+    slower (two OpenMP teams on two cores); one thread alone is as fast as the main thread. So every other
+    section runs in one worker thread of a process whose main thread runs no torch op, as the service does."""
+    out: dict = {"torch_threads_default": None}
+    for mode in THREAD_PROBES:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.speed", "--thread-probe", mode, "--probe-repeats", str(repeats)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            check=True,
+        )
+        probe = json.loads(proc.stdout)
+        out["torch_threads_default"] = probe.pop("threads")
+        out[mode] = probe
     out["load_avg"] = _load()
     return out
 
@@ -941,8 +946,10 @@ def thread_settings(repeats: int) -> dict:
 # ---------------------------------------------------------------- the run
 def run(quick: bool, sections: tuple[str, ...] = SECTIONS, out_tmp: Path | None = None) -> dict:
     """Every section, measured in one worker thread (as the service runs jobs); see `thread_settings`."""
+    from core.device import in_own_thread
+
     threads = thread_settings(QUICK["peak_repeats"] if quick else 7)
-    result = _in_thread(_run, quick, sections, out_tmp)
+    result = in_own_thread(_run, quick, sections, out_tmp)
     result["threads"] = threads
     result["summary"] = summary(result)
     return result
@@ -1052,12 +1059,8 @@ def table(r: dict) -> str:
     lines = [f"speed ({'quick' if r['quick'] else 'full'}), load avg {r['load_avg_start']} → {r['load_avg_end']}"]
     if "threads" in r:
         t = r["threads"]
-        lines.append(
-            "threads: 1024³ GFLOP/s / 256³ µs  main(default) "
-            f"{t['main_default']['peak_gflops']}/{t['main_default']['mm256_us']}  main(1) "
-            f"{t['main_1_thread']['peak_gflops']}/{t['main_1_thread']['mm256_us']}  worker "
-            f"{t['worker_thread']['peak_gflops']}/{t['worker_thread']['mm256_us']}"
-        )
+        lines.append("threads (fresh process each): 1024³ GFLOP/s / 256³ µs")
+        lines += [f"  {mode:<44} {t[mode]['peak_gflops']:>7} / {t[mode]['mm256_us']}" for mode in THREAD_PROBES]
     if "peak" in r:
         lines.append(f"matmul 1024³ fp32 peak: {r['peak']['gflops_median']} GFLOP/s ({r['peak']['threads']} threads)")
     if "loop" in r:
@@ -1101,9 +1104,17 @@ def main() -> None:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default bench/out)")
     ap.add_argument("--load-client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--thread-probe", choices=THREAD_PROBES, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-repeats", type=int, default=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load_client:
         print(json.dumps(load_client(json.loads(sys.stdin.read()))))
+        return
+    if args.thread_probe:
+        import torch
+
+        threads = torch.get_num_threads()
+        print(json.dumps({**thread_probe(args.thread_probe, args.probe_repeats), "threads": threads}))
         return
     sections = tuple(s for s in args.sections.split(",") if s)
     unknown = set(sections) - set(SECTIONS)

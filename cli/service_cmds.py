@@ -373,13 +373,15 @@ def demo(
     from api.server import ServerThread
     from api.settings import Settings
     from cli.client import Client
+    from core.device import in_own_thread
     from core.worlds.pii import WorldSpec, build_world, tiny_spec
 
     console = Console()
     spec = tiny_spec() if quick else WorldSpec()
     world_root = world_dir / "quick" if quick else world_dir
     console.rule("1. demo model")
-    world = build_world(world_root, spec, log=lambda m: console.print(f"  {m}"))
+    # Trained in its own thread: torch work in the main thread would slow the job threads (core/device.py).
+    world = in_own_thread(build_world, world_root, spec, log=lambda m: console.print(f"  {m}"))
     key = f"uk_demo_{secrets.token_urlsafe(24)}"
     tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="unlearnd-demo-")
     settings = Settings(data_dir=data_dir or Path(tmp.name), bootstrap_key=key)

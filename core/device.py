@@ -11,11 +11,14 @@ import contextlib
 import contextvars
 import math
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+T = TypeVar("T")
 PRECISIONS = ("auto", "fp32", "bf16")
 _precision: contextvars.ContextVar[str] = contextvars.ContextVar("unlearnd_precision", default="auto")
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's pick: the machine's physical cores
@@ -72,3 +75,24 @@ def set_cpu_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def in_own_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Run torch work in a short-lived thread and return its result (re-raising its exception). OpenMP keeps
+    a thread team per thread that ran parallel ops, and a team of the main thread lives as long as the
+    process: once the main thread has used torch, small ops in every other thread (the dispatcher's jobs)
+    run ≈ 1.6× slower on 2 cores (`bench/speed.py` threads probe). A worker thread's team ends with it."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="torch-work")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -75,7 +75,12 @@ def weights_fingerprint(source: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
+def weights_dtype(device: torch.device) -> torch.dtype:
+    """bf16 weights on CUDA (half the memory, tensor cores), fp32 elsewhere (CPU bf16 matmuls are slow)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(source: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load a local HF causal-LM directory (no hub access: `local_files_only`), in fp32 on CPU and bf16
     weights on CUDA. Anything that is not a loadable causal LM raises ModelLoadError with the reason."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,7 +89,7 @@ def load_model(source: str | Path, device: str | None = None) -> LoadedModel:
     if not (Path(source) / "config.json").is_file():
         raise ModelLoadError(f"{source} has no config.json: not a Hugging Face model directory")
     dev = pick_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or weights_dtype(dev)  # `dtype`: tests run the GPU's bf16 weights on a CPU
     try:
         # transformers picks the attention kernel: SDPA (flash / memory-efficient on a GPU) where the family
         # has it, eager otherwise (GPT-Neo). Padded batches and left-padded decoding are tested on both.

@@ -25,7 +25,9 @@ def test_speed_quick(tmp_path):
     assert len(back["load_avg_start"]) == 3
 
     assert _positive(back["peak"]["gflops_median"])
-    for key in ("main_default", "main_1_thread", "worker_thread"):
+    from bench.speed import THREAD_PROBES
+
+    for key in THREAD_PROBES:
         assert _positive(back["threads"][key]["peak_gflops"]) and _positive(back["threads"][key]["mm256_us"])
 
     rows = back["loop"]["rows"]

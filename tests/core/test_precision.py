@@ -71,3 +71,13 @@ def test_set_cpu_threads_uses_the_configured_number_else_the_capped_default():
         assert device.set_cpu_threads(None) == expected and torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_in_own_thread_returns_the_result_and_re_raises_in_the_caller():
+    import threading
+
+    from core.device import in_own_thread
+
+    assert in_own_thread(lambda x, y=0: (threading.current_thread().name, x + y), 2, y=3) == ("torch-work", 5)
+    with pytest.raises(InvalidInput, match="boom"):
+        in_own_thread(lambda: (_ for _ in ()).throw(InvalidInput("boom")))
