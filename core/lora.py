@@ -1,5 +1,5 @@
-"""LoRA on a model through peft: wrapping, FILA residual initialisation, reading the factors back, and
-putting the model back as it was (so a cached base model can serve the next job)."""
+"""LoRA on a model through peft: wrapping, FILA's frozen half, reading the factors back, and putting the model
+back as it was (so a cached base model can serve the next job)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,16 @@ def get_factors(layer: nn.Module, adapter: str = "default") -> tuple[torch.Tenso
 
 def scaling_of(layer: nn.Module, adapter: str = "default") -> float:
     return float(layer.scaling[adapter])
+
+
+def freeze_second_half(layer: nn.Module, rank: int, adapter: str = "default") -> int:
+    """Zero the gradient of A's rows and B's columns from `rank` on, so AdamW (without weight decay) never
+    moves them: the frozen half of FILA's rank-2r factors. Returns the number of frozen elements."""
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    a_mask = torch.ones_like(a)
+    a_mask[rank:] = 0
+    b_mask = torch.ones_like(b)
+    b_mask[:, rank:] = 0
+    a.register_hook(lambda g: g * a_mask)
+    b.register_hook(lambda g: g * b_mask)
+    return int((a_mask == 0).sum() + (b_mask == 0).sum())

@@ -54,11 +54,15 @@ class Adapted:
 
     model: nn.Module  # the module to train and evaluate (a PeftModel, or the base itself for `full`)
     init: str
-    initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # FILA's (A₀, B₀)
+    initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # LoRA factors at step 0
     reference_copy: nn.Module | None = None  # `full` only: a frozen original, when the objective needs it
+    frozen_elements: int = 0  # FILA: the frozen half of the rank-2r factors (see `adapt`)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters()) - self.frozen_elements
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
@@ -98,15 +102,12 @@ class Adapted:
             self.model.unmerge_adapter()
 
     def delta(self) -> Delta:
-        """This run's change to its starting weights as LoRA components (see core/export.py)."""
+        """This run's change to its starting weights as LoRA components (see core/export.py). For FILA the
+        rank-2r factors already hold both halves, `[A; A₀]`, `[B, −B₀]`: exactly what the job trained."""
         out: Delta = {}
         for name, layer in lora.lora_layers(self.model).items():
             a, b = lora.get_factors(layer)
-            s = lora.scaling_of(layer)
-            out[name] = [Component(a, b, s)]
-            if self.init == "fila":
-                a0, b0 = self.initial[name]
-                out[name].append(Component(a0.cpu(), -b0.cpu(), s))
+            out[name] = [Component(a, b, lora.scaling_of(layer))]
         return out
 
     def release(self) -> nn.Module:
@@ -145,18 +146,24 @@ def adapt(
 
     fan_in_fan_out = any(lora.is_conv1d(m) for m in targets.values())
     target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
-    peft_model = lora.wrap(model, config.rank, config.alpha, target_names, fan_in_fan_out, config.seed)
+    # FILA trains on the residual W − s·B₀A₀. Rather than writing it into the base weight (lossy in bf16: the
+    # exported adapter would then differ from the trained model by the weight's rounding, 0.16 in the logits
+    # of the tiny model), the residual's second term is a frozen half of a rank-2r LoRA: forward
+    # W + s·[B, −B₀]·[A; A₀], trainable (A, B) initialised to (A₀, B₀). The base stays untouched, step 0 is
+    # exactly the original, and the trained factors are the exported adapter, in any precision.
+    rank = 2 * config.rank if config.init == "fila" else config.rank
+    peft_model = lora.wrap(model, rank, config.scaling * rank, target_names, fan_in_fan_out, config.seed)
     layers = lora.lora_layers(peft_model)
-    initial = {}
+    initial, frozen = {}, 0
     for name, layer in layers.items():
         if config.init == "fila":
             a, b = factors[name]
-            lora.set_factors(layer, a, b)
-            lora.add_to_weight(layer.base_layer, -config.scaling * (b @ a))
+            lora.set_factors(layer, torch.cat([a, a]), torch.cat([b, -b], dim=1))
+            frozen += lora.freeze_second_half(layer, config.rank)
         a0, b0 = lora.get_factors(layer)
         initial[name] = (a0.to(device), b0.to(device))
     peft_model.train()
-    return Adapted(peft_model, config.init, initial=initial)
+    return Adapted(peft_model, config.init, initial=initial, frozen_elements=frozen)
 
 
 FISHER_MEMORY_BYTES = 4 << 30  # fp32 Fisher accumulators (forget + retain) held at once
@@ -295,7 +302,7 @@ def train(
 
     model.train()
     if check(0, None):
-        return LoopResult(0, True, history, sum(p.numel() for p in params))
+        return LoopResult(0, True, history, adapted.trainable_count())
     step = 0
     reached = False
     for step in range(1, config.max_steps + 1):
@@ -341,4 +348,4 @@ def train(
         else:
             progress("unlearning", step, config.max_steps, {"step": step, "loss": float(loss.detach()), **parts})
     model.eval()
-    return LoopResult(step, reached, history, sum(p.numel() for p in params))
+    return LoopResult(step, reached, history, adapted.trainable_count())

@@ -173,3 +173,44 @@ def test_one_forward_over_forget_and_retain_rows_equals_two_separate_passes(tiny
             real = part.attention_mask.bool()
             got = fused[rows, : part.input_ids.size(1)]
             assert torch.allclose(got[real], alone[real], atol=1e-5)
+
+
+def test_fila_trains_only_the_first_half_and_exports_exactly_on_bf16_weights(tiny_world, tmp_path):
+    """The GPU's path on a CPU: bf16 base weights, bf16 autocast. FILA's frozen half does not move and the base
+    is never written, so base + exported adapter is the trained model (it was 0.16 off in the logits when the
+    residual was written into the bf16 weights)."""
+    from core import lora
+    from core.data import encode_set
+    from core.modeling import default_target_modules, find_targets, load_model
+    from core.unlearn import adapt, train
+
+    loaded = load_model(tiny_world.model_dir, device="cpu", dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    config = fast_config(precision="bf16", rank=4, alpha=8, max_steps=6)
+    fts, rts = encode_set(loaded.tokenizer, tiny_world.forget), encode_set(loaded.tokenizer, tiny_world.retain)
+    targets = find_targets(loaded.model, default_target_modules(loaded.model))
+    adapted = adapt(loaded.model, config, targets, fts, rts, loaded.device)
+    start = {n: lora.get_factors(layer) for n, layer in lora.lora_layers(adapted.model).items()}
+    loop = train(adapted, fts, rts, config, loaded.device, thresholds=None)
+    assert loop.steps == 6 and loop.trainable_params == sum(
+        4 * sum(weight.shape) for weight in (lora.weight_matrix(m) for m in targets.values())
+    )
+    moved = 0.0
+    for name, layer in lora.lora_layers(adapted.model).items():
+        a, b = lora.get_factors(layer)
+        assert torch.equal(a[4:], start[name][0][4:]) and torch.equal(b[:, 4:], start[name][1][:, 4:])
+        moved = max(moved, (a[:4] - start[name][0][:4]).abs().max().item())
+    assert moved > 0
+    adapted.release()
+
+    r = run_forget(
+        loaded,
+        tiny_world.forget,
+        tiny_world.retain,
+        tiny_world.holdout,
+        fast_config(precision="bf16"),
+        out_dir=tmp_path / "v",
+    )
+    assert r.reached and r.report["after"]["forget"]["extraction"] == 0.0
+    assert r.report["adapter"]["export_max_abs_diff"] <= 1e-3
+    assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
