@@ -325,11 +325,12 @@ def _job_targets():
         (core.pipeline, "measure", "evaluate (before+after)"),
         (core.unlearn, "diagonal_fisher", "fisher"),
         (core.unlearn, "fila_factors", "fila svd"),
-        (core.pipeline, "adapt", "adapt (fisher+svd+peft wrap)"),
+        (core.pipeline, "prepare", "peft wrap"),
+        (core.pipeline, "init_fila", "fila init (fisher+svd)"),
         (core.unlearn, "evaluate_set", "stopping checks (in loop)"),
         (core.pipeline, "train", "train (steps+checks)"),
         (core.metrics, "greedy_continue", "greedy decode (all evals)"),
-        (core.metrics, "min_k_score", "min-k loop (all evals)"),
+        (core.metrics, "min_k_from_logprobs", "min-k (all evals)"),
         (core.pipeline, "write_adapter", "write adapter"),
         (core.pipeline, "_logits", "export logits"),
         (core.pipeline, "verify_export", "verify export (peft load)"),
@@ -380,7 +381,7 @@ def job_breakdown(world, config_kw: dict) -> dict:
         "evaluate before": None,
         "fisher": s["fisher"],
         "fila svd": s["fila svd"],
-        "peft wrap + residual": s["adapt (fisher+svd+peft wrap)"] - s["fisher"] - s["fila svd"],
+        "peft wrap (+ FILA factors in)": s["peft wrap"] + s["fila init (fisher+svd)"] - s["fisher"] - s["fila svd"],
         "unlearning steps": s["train (steps+checks)"] - checks,
         "stopping checks (in loop)": checks,
         "evaluate after": None,
@@ -409,7 +410,7 @@ def job_breakdown(world, config_kw: dict) -> dict:
         "phases": {k: {"seconds": _r(v), "share": _r(v / total)} for k, v in parts.items()},
         "within_evaluation": {
             "greedy decode seconds": _r(s["greedy decode (all evals)"]),
-            "min-k per-record loop seconds": _r(s["min-k loop (all evals)"]),
+            "min-k seconds": _r(s["min-k (all evals)"]),
             "evaluation total seconds": _r(parts["evaluate before"] + parts["evaluate after"] + checks),
         },
         "progress_phase_starts": {f"{i}:{p}": _r(t - phases[0][1]) for i, (p, t) in enumerate(phases)},
@@ -945,17 +946,18 @@ def thread_settings(repeats: int) -> dict:
 
 # ---------------------------------------------------------------- the run
 def run(quick: bool, sections: tuple[str, ...] = SECTIONS, out_tmp: Path | None = None) -> dict:
-    """Every section, measured in one worker thread (as the service runs jobs); see `thread_settings`."""
-    from core.device import in_own_thread
-
+    """Every section that runs torch runs in a short-lived thread of its own, and this (main) thread runs none:
+    as in the service, only the thread running a job holds an OpenMP team (see `thread_settings`)."""
     threads = thread_settings(QUICK["peak_repeats"] if quick else 7)
-    result = in_own_thread(_run, quick, sections, out_tmp)
+    result = _run(quick, sections, out_tmp)
     result["threads"] = threads
     result["summary"] = summary(result)
     return result
 
 
 def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
+    from core.device import in_own_thread
+
     sizes = QUICK if quick else FULL
     t_import = time.perf_counter()
     already = "transformers" in sys.modules
@@ -990,23 +992,23 @@ def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
 
     with tmp_ctx as tmp:
         tmp = Path(tmp)
-        peak = matmul_peak(sizes["peak_repeats"])
+        peak = in_own_thread(matmul_peak, sizes["peak_repeats"])
         result["peak"] = peak
         print(f"peak {peak['gflops_median']} GFLOP/s", file=sys.stderr)
         loaded = None
         if "job" in sections or "service" in sections or "peer" in sections or "loop" in sections:
-            job = job_breakdown(world, config_kw)
+            job = in_own_thread(job_breakdown, world, config_kw)
             loaded = job.pop("_loaded")
             if "job" in sections or "service" in sections:
                 result["job"] = job
             print(f"job {job['job_seconds']} s", file=sys.stderr)
             lap("job")
         if "loop" in sections:
-            result["loop"] = loop_efficiency(sizes, world, loaded, peak["gflops_median"])
+            result["loop"] = in_own_thread(loop_efficiency, sizes, world, loaded, peak["gflops_median"])
             lap("loop")
         if "peer" in sections:
             peer_kw = {**config_kw, "max_steps": 12} if quick else config_kw  # quick: structure, not the outcome
-            result["peer"] = peer_route(world, loaded, peer_kw, tmp)
+            result["peer"] = in_own_thread(peer_route, world, loaded, peer_kw, tmp)
             print(f"peer trainer/ours {result['peer']['trainer_vs_ours_time']}", file=sys.stderr)
             lap("peer")
         server = None
@@ -1015,7 +1017,7 @@ def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
                 bare = [result["job"]["run_forget_seconds"]]
                 svc = service_run(world, config_kw, bare, tmp / "svc", 0.25 if quick else 0.5)
                 if not quick:  # a second bare run after the service jobs: the median brackets the drift
-                    bare.append(_bare_run_forget(world, loaded, config_kw, tmp))
+                    bare.append(in_own_thread(_bare_run_forget, world, loaded, config_kw, tmp))
                     svc = {**svc, **_overheads(svc, bare)}
                 server = svc.pop("_server")
                 status_id, status_body = svc.pop("_status")

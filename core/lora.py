@@ -77,9 +77,9 @@ def scaling_of(layer: nn.Module, adapter: str = "default") -> float:
     return float(layer.scaling[adapter])
 
 
-def freeze_second_half(layer: nn.Module, rank: int, adapter: str = "default") -> int:
+def freeze_rows_from(layer: nn.Module, rank: int, adapter: str = "default") -> int:
     """Zero the gradient of A's rows and B's columns from `rank` on, so AdamW (without weight decay) never
-    moves them: the frozen half of FILA's rank-2r factors. Returns the number of frozen elements."""
+    moves them: FILA's frozen half and the previous version's components. Returns the frozen element count."""
     a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     a_mask = torch.ones_like(a)
     a_mask[rank:] = 0

@@ -16,14 +16,14 @@ from core.config import UnlearnConfig
 from core.data import TokenSet, encode_set, tensorize
 from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
-from core.export import WEIGHTS_NAME, combine, read_adapter, write_adapter
+from core.export import WEIGHTS_NAME, read_adapter, write_adapter
 from core.hashing import file_sha256
-from core.lora import add_to_weight, is_conv1d
+from core.lora import is_conv1d
 from core.losses import OBJECTIVES
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from core.modeling import LoadedModel, default_target_modules, find_targets
 from core.records import Probe, Record
-from core.unlearn import Adapted, CancelCheck, Progress, Thresholds, _never, _noop_progress, adapt, train
+from core.unlearn import Adapted, CancelCheck, Progress, Thresholds, _never, _noop_progress, init_fila, prepare, train
 
 
 @dataclass
@@ -106,32 +106,31 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
     prev_delta, prev_cfg = read_adapter(previous_adapter) if previous_adapter else ({}, None)
     target_modules = config.target_modules or (prev_cfg or {}).get("target_modules") or default_target_modules(model)
     target_modules = sorted(target_modules) if isinstance(target_modules, list | tuple | set) else [target_modules]
-    targets = find_targets(model, target_modules)
     modules = dict(model.named_modules())
     missing = set(prev_delta) - set(modules)
     if missing:
         raise InvalidInput(f"the previous adapter targets modules this model lacks: {sorted(missing)[:3]}")
+    # The new version adapts every module the previous one did (its components live in the same LoRA).
+    target_modules = sorted(set(target_modules) | {n.rsplit(".", 1)[-1] for n in prev_delta})
+    targets = find_targets(model, target_modules)
 
-    # What we change in place and must restore: touched weights (LoRA inits) or everything (full).
-    if config.init == "full":
-        snapshot = {n: p.detach().clone() for n, p in model.state_dict().items()}
-    else:
-        touched = set(targets) | set(prev_delta)
-        snapshot = {n: modules[n].weight.detach().clone() for n in touched}
+    # LoRA inits never write the base weights (core/unlearn.py `prepare`); `full` trains all of them.
+    snapshot = {n: p.detach().clone() for n, p in model.state_dict().items()} if config.init == "full" else None
+    anchored = bool(prev_delta)  # a cumulative job keeps the previous version's forgetting (core/losses.py)
     adapted: Adapted | None = None
     try:
-        for name, comps in prev_delta.items():  # start from the active version
-            add_to_weight(modules[name], sum(c.delta() for c in comps))
         sets = encode_sets(tokenizer, forget, retain, holdout, config)
+        # The starting version: base + previous components, with a neutral trainable part.
+        adapted = prepare(model, config, targets, device, anchored=anchored, previous=prev_delta)
 
         progress("evaluating", 0, 2, {"when": "before"})
-        before, holdout_scores = measure(model, tokenizer, sets, probes, config, device)
+        before, holdout_scores = measure(adapted.model, tokenizer, sets, probes, config, device)
         thresholds = Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
         if should_cancel():
             raise Cancelled("cancelled before unlearning")
 
-        anchored = bool(prev_delta)  # a cumulative job keeps the previous version's forgetting (core/losses.py)
-        adapted = adapt(model, config, targets, sets.forget, sets.retain, device, progress, anchored=anchored)
+        if config.init == "fila":
+            init_fila(adapted, config, sets.forget, sets.retain, device, progress, previous=prev_delta)
         loop = train(
             adapted,
             sets.forget,
@@ -144,8 +143,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             anchored=anchored,
         )
 
-        # The trained model's reference outputs for the export check, before the merged evaluation below
-        # touches the weights (unmerging restores them only to within rounding).
+        # The trained model's reference outputs for the export check (taken before the merged evaluation).
         check_batch = _check_batch(sets)
         trained_logits = _logits(adapted.model, check_batch, device)
         progress("evaluating", 1, 2, {"when": "after"})
@@ -158,7 +156,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             tokenizer.save_pretrained(str(out_dir))
             adapter_info, adapter_dir = {"kind": "full_model"}, None
         else:
-            delta = combine(prev_delta, adapted.delta())
+            delta = adapted.delta()  # cumulative: the previous version's components are in the factors
             write_adapter(
                 out_dir,
                 delta,
@@ -181,7 +179,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
     finally:
         if adapted is not None:
             model = adapted.release()
-        _restore(model, snapshot, config.init == "full")
+        _restore(model, snapshot)
     if adapter_dir is not None:
         # Base + exported adapter must reproduce the trained model (DESIGN §5); checked on every job.
         adapter_info["export_max_abs_diff"] = verify_export(model, adapter_dir, check_batch, trained_logits, device)
@@ -216,15 +214,12 @@ def _retain_term_name(config: UnlearnConfig, anchored: bool) -> str | None:
 
 
 @torch.no_grad()
-def _restore(model, snapshot: dict[str, torch.Tensor], full: bool) -> None:
-    if full:
+def _restore(model, snapshot: dict[str, torch.Tensor] | None) -> None:
+    """Hand the (cached) model back as it came: every weight back for `full`; LoRA inits wrote none."""
+    if snapshot is not None:
         model.load_state_dict(snapshot)
         for p in model.parameters():
             p.requires_grad_(False)
-        return
-    modules = dict(model.named_modules())
-    for name, w in snapshot.items():
-        modules[name].weight.copy_(w)
     model.eval()
 
 

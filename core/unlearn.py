@@ -19,7 +19,7 @@ from core import lora
 from core.config import UnlearnConfig
 from core.data import TokenSet, concat
 from core.device import autocast
-from core.errors import Cancelled
+from core.errors import Cancelled, InvalidInput
 from core.export import Component, Delta
 from core.fila import diagonal_fisher, fila_factors, relative_importance
 from core.losses import OBJECTIVES, LossInputs, sequence_logprob
@@ -66,13 +66,11 @@ class Adapted:
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[nn.Module]:
-        """The original model (this run's step 0): LoRA disabled, FILA's initial factors swapped back in,
-        or the frozen copy for full fine-tuning. Costs no second copy of the base for LoRA inits."""
+        """The starting model (this run's step 0): the step-0 LoRA factors swapped back in (they hold the
+        previous version's frozen components), or the frozen copy for full fine-tuning. Costs no second copy
+        of the base for LoRA inits."""
         if self.init == "full":
             yield self.reference_copy
-        elif self.init == "lora":
-            with self.model.disable_adapter():
-                yield self.model
         else:
             layers = lora.lora_layers(self.model)
             current = {
@@ -91,19 +89,26 @@ class Adapted:
     def merged(self) -> Iterator[nn.Module]:
         """The trained model with LoRA folded into its weights, for inference only (the after-report): it runs
         at the base model's speed, without the adapter's extra matmuls per layer (≈ 15–20 % of an
-        evaluation on the demo model). Unmerged on exit, to within float rounding of the weights."""
-        if self.init == "full":
+        evaluation on the demo model). Only on fp32 weights, where the merge is exact to float rounding; the
+        weights are copied back exactly on exit (not unmerged), so the cached base model never drifts."""
+        layers = lora.lora_layers(self.model) if self.init != "full" else {}
+        if not layers or any(layer.base_layer.weight.dtype != torch.float32 for layer in layers.values()):
             yield self.model
             return
+        saved = {n: layer.base_layer.weight.detach().clone() for n, layer in layers.items()}
         self.model.merge_adapter()
         try:
             yield self.model
         finally:
             self.model.unmerge_adapter()
+            with torch.no_grad():
+                for n, layer in layers.items():
+                    layer.base_layer.weight.copy_(saved[n])
 
     def delta(self) -> Delta:
-        """This run's change to its starting weights as LoRA components (see core/export.py). For FILA the
-        rank-2r factors already hold both halves, `[A; A₀]`, `[B, −B₀]`: exactly what the job trained."""
+        """The exported version as LoRA components (see core/export.py): the factors hold every part,
+        trained `[A; ·]`, FILA's frozen `[A₀; ·]` with `−B₀`, and the previous version's frozen components,
+        so this is exactly the trained model's change to the unmodified base."""
         out: Delta = {}
         for name, layer in lora.lora_layers(self.model).items():
             a, b = lora.get_factors(layer)
@@ -127,43 +132,115 @@ def adapt(
     progress: Progress = _noop_progress,
     *,
     anchored: bool = False,
+    previous: Delta | None = None,
 ) -> Adapted:
-    """Prepare the model for the chosen init. FILA computes the Fisher on both sets, initialises (A, B) on
-    the Fisher-weighted principal directions and moves the base to the residual, so outputs are unchanged.
-    `anchored`: the loop will need the starting model's outputs (see `train`)."""
+    """`prepare` then, for FILA, `init_fila`: the model ready to train, equal to the starting version."""
+    adapted = prepare(model, config, targets, device, anchored=anchored, previous=previous)
+    if config.init == "fila":
+        init_fila(adapted, config, forget_ts, retain_ts, device, progress, previous=previous)
+    return adapted
+
+
+def prepare(
+    model: nn.Module,
+    config: UnlearnConfig,
+    targets: dict[str, nn.Module],
+    device: torch.device,
+    *,
+    anchored: bool = False,
+    previous: Delta | None = None,
+) -> Adapted:
+    """Wrap the model for the chosen init so that it computes the starting version exactly (the base plus
+    the `previous` version's components) with a neutral trainable part.
+
+    LoRA inits never write the base weights: one LoRA of rank `r` (trainable) + `r` (FILA's frozen `−B₀A₀`)
+    + the previous version's rank, the frozen rows and columns gradient-masked. So the trained factors are the
+    exported cumulative adapter in any precision (merging into bf16 weights put it 0.09–0.16 off in the
+    logits), and the cached base needs no restoring. `full` merges `previous` into the weights it trains."""
+    previous = previous or {}
     if config.init == "full":
+        modules = dict(model.named_modules())
+        for name, comps in previous.items():
+            lora.add_to_weight(modules[name], sum(c.delta() for c in comps))
         needs_ref = OBJECTIVES[config.method].needs_ref_retain_logits or anchored
         ref = copy.deepcopy(model).eval() if needs_ref else None
         for p in model.parameters():
             p.requires_grad_(True)
         return Adapted(model, "full", reference_copy=ref)
 
-    factors = (
-        fila_init_factors(model, config, targets, forget_ts, retain_ts, device, progress)
-        if config.init == "fila"
-        else {}
-    )
-
+    missing = set(previous) - set(targets)
+    if missing:  # the pipeline targets every module the previous version adapts
+        raise InvalidInput(f"the previous version adapts modules outside this job's targets: {sorted(missing)[:3]}")
+    r = config.rank
+    prev_rank = max((sum(c.a.size(0) for c in comps) for comps in previous.values()), default=0)
+    rank = r * (2 if config.init == "fila" else 1) + prev_rank
     fan_in_fan_out = any(lora.is_conv1d(m) for m in targets.values())
     target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
-    # FILA trains on the residual W − s·B₀A₀. Rather than writing it into the base weight (lossy in bf16: the
-    # exported adapter would then differ from the trained model by the weight's rounding, 0.16 in the logits
-    # of the tiny model), the residual's second term is a frozen half of a rank-2r LoRA: forward
-    # W + s·[B, −B₀]·[A; A₀], trainable (A, B) initialised to (A₀, B₀). The base stays untouched, step 0 is
-    # exactly the original, and the trained factors are the exported adapter, in any precision.
-    rank = 2 * config.rank if config.init == "fila" else config.rank
     peft_model = lora.wrap(model, rank, config.scaling * rank, target_names, fan_in_fan_out, config.seed)
-    layers = lora.lora_layers(peft_model)
     initial, frozen = {}, 0
-    for name, layer in layers.items():
-        if config.init == "fila":
-            a, b = factors[name]
-            lora.set_factors(layer, torch.cat([a, a]), torch.cat([b, -b], dim=1))
-            frozen += lora.freeze_second_half(layer, config.rank)
-        a0, b0 = lora.get_factors(layer)
-        initial[name] = (a0.to(device), b0.to(device))
+    for name, layer in lora.lora_layers(peft_model).items():
+        a, b = lora.get_factors(layer)  # peft's init: seeded random A, zero B (a neutral trainable part)
+        a[r:], b[:, r:] = 0.0, 0.0
+        comps = previous.get(name, [])
+        if comps:  # each component's own scale folded into its B, under this LoRA's scaling
+            prev_a = torch.cat([c.a.float() for c in comps])
+            prev_b = torch.cat([c.b.float() * (c.scale / config.scaling) for c in comps], dim=1)
+            a[rank - prev_rank :] = _pad_rows(prev_a, prev_rank)
+            b[:, rank - prev_rank :] = _pad_rows(prev_b.T, prev_rank).T
+        lora.set_factors(layer, a, b)
+        if rank > r:
+            frozen += lora.freeze_rows_from(layer, r)
+        initial[name] = (a.to(device), b.to(device))
     peft_model.train()
     return Adapted(peft_model, config.init, initial=initial, frozen_elements=frozen)
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Zero rows up to `rows` (a module the previous version adapted with a smaller total rank)."""
+    return torch.cat([t, t.new_zeros(rows - t.size(0), t.size(1))]) if t.size(0) < rows else t
+
+
+def init_fila(
+    adapted: Adapted,
+    config: UnlearnConfig,
+    forget_ts: TokenSet,
+    retain_ts: TokenSet,
+    device: torch.device,
+    progress: Progress = _noop_progress,
+    *,
+    previous: Delta | None = None,
+) -> None:
+    """FILA on a prepared model: the Fisher of the starting version (hooks on the base layers, the LoRA
+    frozen), factors from the Fisher-weighted SVD of its effective weights `W + ΔW_previous`, written into the
+    trainable rows `(A, B) = (A₀, B₀)` and the frozen rows `(A₀, −B₀)`: the model is unchanged."""
+    previous = previous or {}
+    layers = lora.lora_layers(adapted.model)
+    bases = {name: layer.base_layer for name, layer in layers.items()}
+
+    def effective_weight(name: str, base: nn.Module) -> torch.Tensor:  # per layer: never all at once in fp32
+        w = lora.weight_matrix(base).float()
+        for c in previous.get(name, []):
+            w = w + c.delta().to(w.device)
+        return w
+
+    params = adapted.trainable_parameters()
+    for p in params:
+        p.requires_grad_(False)  # the Fisher needs no LoRA gradient
+    try:
+        factors = fila_init_factors(
+            adapted.model, config, bases, forget_ts, retain_ts, device, progress, effective_weight
+        )
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    r = config.rank
+    for name, layer in layers.items():
+        a0, b0 = factors[name]
+        a, b = (t.clone() for t in adapted.initial[name])
+        a[:r], a[r : 2 * r] = a0, a0
+        b[:, :r], b[:, r : 2 * r] = b0, -b0
+        lora.set_factors(layer, a, b)
+        adapted.initial[name] = (a, b)
 
 
 FISHER_MEMORY_BYTES = 4 << 30  # fp32 Fisher accumulators (forget + retain) held at once
@@ -193,9 +270,11 @@ def fila_init_factors(
     retain_ts: TokenSet,
     device: torch.device,
     progress: Progress = _noop_progress,
+    weight_of: Callable[[str, nn.Module], torch.Tensor] | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """FILA's (A, B) per target: Fisher on the forget set and on a seeded sample of the retain set, their
-    ratio, and the Fisher-weighted SVD, one memory-bounded group of layers at a time (`fisher_groups`)."""
+    ratio, and the Fisher-weighted SVD of `weight_of(name, module)` (default: the target's own weight), one
+    memory-bounded group of layers at a time (`fisher_groups`)."""
     batch = max(config.batch_size, config.retain_batch_size)  # a training step's activation memory
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
@@ -227,7 +306,8 @@ def fila_init_factors(
         )
         for name, module in group.items():
             f_rel = relative_importance(f_forget.pop(name), f_retain.pop(name))
-            factors[name] = fila_factors(lora.weight_matrix(module), f_rel, config.rank, config.scaling)
+            weight = weight_of(name, module) if weight_of is not None else lora.weight_matrix(module)
+            factors[name] = fila_factors(weight, f_rel, config.rank, config.scaling)
     return factors
 
 
