@@ -243,7 +243,16 @@ def init_fila(
         adapted.initial[name] = (a, b)
 
 
-FISHER_MEMORY_BYTES = 4 << 30  # fp32 Fisher accumulators (forget + retain) held at once
+FISHER_MEMORY_BYTES = 4 << 30  # fp32 Fisher accumulators (forget + retain) held at once, off CUDA
+
+
+def fisher_memory_budget(device: torch.device) -> int:
+    """Bytes of Fisher accumulators to hold at once: half the free memory of a GPU (after the model is loaded;
+    fewer groups = fewer passes), else FISHER_MEMORY_BYTES."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(1 << 30, free // 2)
+    return FISHER_MEMORY_BYTES
 
 
 def fisher_groups(targets: dict[str, nn.Module], budget_bytes: int) -> list[dict[str, nn.Module]]:
@@ -279,7 +288,7 @@ def fila_init_factors(
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(retain_ts), generator=gen)[: config.fisher_max_examples].tolist()
     retain_sample = retain_ts.select(order)
-    groups = fisher_groups(targets, FISHER_MEMORY_BYTES)
+    groups = fisher_groups(targets, fisher_memory_budget(device))
     factors = {}
     for g, group in enumerate(groups):
         info = {"group": g + 1, "groups": len(groups)}

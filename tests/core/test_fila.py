@@ -164,3 +164,13 @@ def test_fila_factors_are_the_same_whatever_the_fisher_memory_budget(tiny_loaded
     for name in targets:
         for got, expected in zip(grouped[name], whole[name], strict=True):
             assert torch.allclose(got, expected, atol=1e-5), name
+
+
+def test_fisher_memory_budget_is_half_the_free_gpu_memory_else_the_constant(monkeypatch):
+    from core import unlearn
+
+    assert unlearn.fisher_memory_budget(torch.device("cpu")) == unlearn.FISHER_MEMORY_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 << 30, 80 << 30))
+    assert unlearn.fisher_memory_budget(torch.device("cuda")) == 20 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 << 20, 80 << 30))
+    assert unlearn.fisher_memory_budget(torch.device("cuda")) == 1 << 30  # a floor: no pass per layer
