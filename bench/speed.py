@@ -121,10 +121,13 @@ class Timers:
 @contextlib.contextmanager
 def patched(timers: Timers, targets: list[tuple[object, str, str]]):
     """Replace `owner.name` by a timed wrapper for the duration (measurement only; restored on exit).
-    Works for functions the caller looks up as a module global at call time."""
+    Works for functions the caller looks up as a module global at call time. Names a version of the code does
+    not have are skipped, so the same harness times older commits (the README's before/after)."""
     saved = []
     try:
         for owner, name, label in targets:
+            if not hasattr(owner, name):
+                continue
             orig = getattr(owner, name)
             saved.append((owner, name, orig))
             setattr(owner, name, timers.wrap(label, orig))
@@ -240,12 +243,13 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
             targets = find_targets(model, default_target_modules(model))
             local_peak = matmul_peak(5)["gflops_median"]
             stamps: dict[int, float] = {}
-            shapes: list[tuple[int, int]] = []  # (B, T) of the training forward of each step, in order
+            shapes: dict[int, list[tuple[int, int]]] = defaultdict(list)  # step → (B, T) of its training forwards
 
-            def hook(module, args, shapes=shapes):
+            def hook(module, args, shapes=shapes, stamps=stamps):
                 # peft calls the base model's .forward directly (no hooks): watch the token embedding instead.
+                # Step s's forwards run after s stamps (0 … s−1): one fused forward now, two before 6c41f99.
                 if module.training:
-                    shapes.append(tuple(args[0].shape))
+                    shapes[len(stamps)].append(tuple(args[0].shape))
 
             handle = model.get_input_embeddings().register_forward_pre_hook(hook)
             try:
@@ -266,9 +270,8 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
             steps = []
             for s in range(warm + 1, warm + timed + 1):
                 dt = stamps[s] - stamps[s - 1]
-                b, t = shapes[s - 1]  # one training forward per step: forget and retain rows together
-                padded = b * t
-                attn = layers * 4 * hidden * b * t * t
+                padded = sum(b * t for b, t in shapes[s])
+                attn = layers * 4 * hidden * sum(b * t * t for b, t in shapes[s])
                 exact = 4 * n_mm * padded + 6 * n_lora * padded + 3 * attn
                 steps.append({"seconds": dt, "tokens": padded, "exact": exact})
             sec = _median([x["seconds"] for x in steps])
@@ -325,6 +328,7 @@ def _job_targets():
         (core.pipeline, "measure", "evaluate (before+after)"),
         (core.unlearn, "diagonal_fisher", "fisher"),
         (core.unlearn, "fila_factors", "fila svd"),
+        (core.pipeline, "adapt", "adapt (before commit 6c41f99)"),
         (core.pipeline, "prepare", "peft wrap"),
         (core.pipeline, "init_fila", "fila init (fisher+svd)"),
         (core.unlearn, "evaluate_set", "stopping checks (in loop)"),
@@ -381,7 +385,11 @@ def job_breakdown(world, config_kw: dict) -> dict:
         "evaluate before": None,
         "fisher": s["fisher"],
         "fila svd": s["fila svd"],
-        "peft wrap (+ FILA factors in)": s["peft wrap"] + s["fila init (fisher+svd)"] - s["fisher"] - s["fila svd"],
+        "peft wrap (+ FILA factors in)": s["peft wrap"]
+        + s["fila init (fisher+svd)"]
+        + s["adapt (before commit 6c41f99)"]
+        - s["fisher"]
+        - s["fila svd"],
         "unlearning steps": s["train (steps+checks)"] - checks,
         "stopping checks (in loop)": checks,
         "evaluate after": None,
@@ -849,16 +857,7 @@ def api_polling(service_url: str, status_id: str, status_body: dict, sizes: dict
             },
             "bare": {"url": f"{bare_url}/v1/items/{status_id}", "headers": {}},
         }
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.speed", "--load-client"],
-            input=json.dumps(spec),
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=600,
-            check=True,
-        )
-        res = json.loads(proc.stdout)
+        res = _bench_subprocess(["--load-client"], json.dumps(spec))
     finally:
         server.should_exit = True
         thread.join(30)
@@ -899,6 +898,20 @@ def _small_mm_us(n: int = 256, reps: int = 100) -> float:
     return _r((time.perf_counter() - t0) / reps * 1e6, 1)
 
 
+def _bench_subprocess(args: list[str], stdin: str | None = None) -> dict:
+    """`python -m bench.speed <args>` in a fresh process (its own GIL and OpenMP state); its JSON output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.speed", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
 THREAD_PROBES = ("main thread", "worker thread", "worker thread after main-thread torch work", "main, 1 thread")
 
 
@@ -929,15 +942,7 @@ def thread_settings(repeats: int) -> dict:
     section runs in one worker thread of a process whose main thread runs no torch op, as the service does."""
     out: dict = {"torch_threads_default": None}
     for mode in THREAD_PROBES:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.speed", "--thread-probe", mode, "--probe-repeats", str(repeats)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=600,
-            check=True,
-        )
-        probe = json.loads(proc.stdout)
+        probe = _bench_subprocess(["--thread-probe", mode, "--probe-repeats", str(repeats)])
         out["torch_threads_default"] = probe.pop("threads")
         out[mode] = probe
     out["load_avg"] = _load()

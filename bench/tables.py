@@ -75,6 +75,79 @@ def sequential(result: dict) -> str:
     return "\n".join(lines)
 
 
+def speed(before: dict, after: dict) -> str:
+    """bench/speed.py before and after the performance work, same machine, as README rows."""
+
+    def row(label: str, get, target: str = "") -> str:
+        def cell(r: dict) -> str:
+            try:
+                return get(r)
+            except (KeyError, IndexError, TypeError):
+                return "–"
+
+        return f"| {label} | {cell(before)} | {cell(after)} | {target} |"
+
+    def eff(key: str):
+        return lambda r: f"{r['summary']['loop_efficiency'][key]:.2f}"
+
+    def phase(name: str):
+        return lambda r: f"{r['job']['phases'][name]['seconds']:.2f} s"
+
+    def api(c: str):
+        return lambda r: (
+            f"{r['summary']['api_throughput_ratio'][c]:.2f} ({_level(r, c)['service']['rps']:.0f} vs "
+            f"{_level(r, c)['bare']['rps']:.0f} req/s); p99 {r['summary']['api_p99_ms'][c]:.0f} ms "
+            f"(bare {_level(r, c)['bare']['p99_ms']:.0f})"
+        )
+
+    def peer(r: dict) -> str:
+        p = r["peer"]
+        return (
+            f"{p['trainer_lora']['seconds_to_stop']:.1f} s vs {p['ours_lora']['seconds_to_stop']:.1f} s "
+            f"({p['trainer_vs_ours_time']:.2f}×); FILA {p['ours_fila']['seconds_to_stop']:.1f} s"
+        )
+
+    lines = [
+        f"| measure | before ({before['machine']['commit']}) | after ({after['machine']['commit']}) | target |",
+        "|---|---|---|---|",
+        row("fp32 matmul peak, 1024³, 2 threads", lambda r: f"{r['peak']['gflops_median']:.0f} GFLOP/s"),
+        row("step efficiency, demo 4×256, batch 8", eff("demo 4x256 b8"), "≥ 0.60"),
+        row("step efficiency, demo 4×256, batch 32", eff("demo 4x256 b32"), "≥ 0.60"),
+        row("step efficiency, 8×512, batch 8", eff("large 8x512 b8")),
+        row("step efficiency, 8×512, batch 32", eff("large 8x512 b32")),
+        row("demo step, batch 8 + 8", lambda r: f"{r['loop']['rows'][0]['step_seconds_median'] * 1000:.0f} ms"),
+        row("one demo job (load + run_forget)", lambda r: f"{r['job']['job_seconds']:.2f} s"),
+        row("· evaluate before", phase("evaluate before")),
+        row("· Fisher", phase("fisher")),
+        row("· FILA SVD", phase("fila svd")),
+        row("· unlearning steps", phase("unlearning steps")),
+        row("· stopping checks", phase("stopping checks (in loop)")),
+        row("· evaluate after", phase("evaluate after")),
+        row("Fisher + FILA share of the job", lambda r: f"{r['summary']['fisher_plus_fila_share']:.1%}", "≤ 20 %"),
+        row(
+            "service: submission → adapter, vs bare run_forget",
+            lambda r: f"{r['summary']['service_overhead']:.2f}×",
+            "≤ 1.3×",
+        ),
+        row(
+            "second job, same model: model load",
+            lambda r: (
+                f"{r['service']['cache_miss_load_seconds']:.3f} s → {r['service']['cache_hit_load_seconds']:.4f} s"
+            ),
+            "skips the load",
+        ),
+        row("HF Trainer route vs ours to the stopping rule (LoRA)", peer, "faster"),
+        row("status polling vs bare endpoint, 1 client", api("1"), "≥ 0.5"),
+        row("status polling vs bare endpoint, 10 clients", api("10"), "≥ 0.5"),
+        row("status polling vs bare endpoint, 50 clients", api("50"), "≥ 0.5, p99 < 50 ms"),
+    ]
+    return "\n".join(lines)
+
+
+def _level(r: dict, c: str) -> dict:
+    return next(lv for lv in r["api"]["levels"] if str(lv["concurrency"]) == c)
+
+
 RENDER = {"forgetting": forgetting, "restor": restor, "sequential": sequential}
 
 
@@ -85,6 +158,9 @@ def main() -> None:
         if path.is_file():
             result = json.loads(path.read_text())
             print(f"### {name} (commit {result['machine'].get('commit', '?')})\n\n{render(result)}\n")
+    before, after = folder / "speed-before.json", folder / "speed.json"
+    if before.is_file() and after.is_file():
+        print(f"### speed\n\n{speed(json.loads(before.read_text()), json.loads(after.read_text()))}\n")
 
 
 if __name__ == "__main__":
