@@ -124,7 +124,8 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         adapted = prepare(model, config, targets, device, anchored=anchored, previous=prev_delta)
 
         progress("evaluating", 0, 2, {"when": "before"})
-        before, holdout_scores = measure(adapted.model, tokenizer, sets, probes, config, device)
+        with adapted.merged() as starting:
+            before, holdout_scores = measure(starting, tokenizer, sets, probes, config, device)
         thresholds = Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
         if should_cancel():
             raise Cancelled("cancelled before unlearning")

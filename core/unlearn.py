@@ -87,8 +87,8 @@ class Adapted:
 
     @contextlib.contextmanager
     def merged(self) -> Iterator[nn.Module]:
-        """The trained model with LoRA folded into its weights, for inference only (the after-report): it runs
-        at the base model's speed, without the adapter's extra matmuls per layer (≈ 15–20 % of an
+        """The model with LoRA folded into its weights, for inference only (the before- and after-reports): it
+        runs at the base model's speed, without the adapter's extra matmuls per layer (≈ 15–20 % of an
         evaluation on the demo model). Only on fp32 weights, where the merge is exact to float rounding; the
         weights are copied back exactly on exit (not unmerged), so the cached base model never drifts."""
         layers = lora.lora_layers(self.model) if self.init != "full" else {}
