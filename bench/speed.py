@@ -1021,9 +1021,6 @@ def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
             if "service" in sections or "api" in sections:
                 bare = [result["job"]["run_forget_seconds"]]
                 svc = service_run(world, config_kw, bare, tmp / "svc", 0.25 if quick else 0.5)
-                if not quick:  # a second bare run after the service jobs: the median brackets the drift
-                    bare.append(in_own_thread(_bare_run_forget, world, loaded, config_kw, tmp))
-                    svc = {**svc, **_overheads(svc, bare)}
                 server = svc.pop("_server")
                 status_id, status_body = svc.pop("_status")
                 if "service" in sections:
@@ -1037,6 +1034,11 @@ def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
                 # Requests stuck behind the SQLite lock may still hold server threads: do not wait for them.
                 server.stop(timeout=3 if quick else 10)
                 lap("server stop")
+        if "service" in result and not quick:
+            # A second bare run brackets the drift; after the server stopped, whose job thread held an OpenMP
+            # team that would slow this run's small ops ≈ 1.5× (see `thread_settings`).
+            bare.append(in_own_thread(_bare_run_forget, world, loaded, config_kw, tmp))
+            result["service"] = {**result["service"], **_overheads(result["service"], bare)}
     result["load_avg_end"] = _load()
     return result
 
