@@ -56,7 +56,7 @@ class Adapted:
     init: str
     initial: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # LoRA factors at step 0
     reference_copy: nn.Module | None = None  # `full` only: a frozen original, when the objective needs it
-    frozen_elements: int = 0  # FILA: the frozen half of the rank-2r factors (see `adapt`)
+    frozen_elements: int = 0  # gradient-masked LoRA rows: FILA's `A₀, −B₀` and the previous version (see `prepare`)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
