@@ -429,17 +429,6 @@ def job_breakdown(world, config_kw: dict) -> dict:
 
 
 # ---------------------------------------------------------------- 4. service: end to end, DB and blobs, cache
-def _poll_until_done(client, request_id: str, timeout: float, interval: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
-        time.sleep(interval)
-
-
 def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Path, poll_interval: float) -> dict:
     """Three jobs through the embedded service: model A first job (cache miss), model A again (hit, builds
     a cumulative version 2 on version 1), model B = same weights registered again (hit, like job 1)."""
@@ -451,6 +440,7 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
     import worker.runner
     from api.server import ServerThread
     from api.settings import Settings
+    from cli.client import wait_for_request
     from worker.model_cache import model_cache
 
     settings = Settings(
@@ -508,7 +498,7 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
                 )
                 created.raise_for_status()
                 t_posted = time.time()
-                done = _poll_until_done(client, created.json()["id"], 1800, poll_interval)
+                done = wait_for_request(client, created.json()["id"], 1800, poll_interval)
                 t_seen = time.time()
                 if done["status"] != "succeeded":
                     raise RuntimeError(f"bench job failed: {done}")

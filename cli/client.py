@@ -17,6 +17,19 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FINAL = ("succeeded", "failed", "cancelled")
 
 
+def wait_for_request(http: httpx.Client, request_id: str, timeout: float = 300.0, interval: float = 0.2) -> dict:
+    """Poll `GET /v1/forget-requests/{id}` on an authenticated client until the request ends (its body), or
+    raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = http.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
+        if body["status"] in FINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
+        time.sleep(interval)
+
+
 class ApiFailure(Exception):
     """The server answered with an error body (or could not be reached)."""
 

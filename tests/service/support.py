@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import httpx
 from api.db import transaction
 from api.models import BaseModel
 from api.settings import Settings
+from cli.client import wait_for_request  # noqa: F401  (re-exported: the service tests import it from here)
 from worker.runtime import Runtime
 
 ADMIN_KEY = "uk_test0000_admin-secret-for-tests"
@@ -40,17 +40,6 @@ class Live:
 
     def wait(self, request_id: str, timeout: float = 300.0) -> dict:
         return wait_for_request(self.client, request_id, timeout)
-
-
-def wait_for_request(client: httpx.Client, request_id: str, timeout: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
-        time.sleep(0.2)
 
 
 def start_live(data_dir: Path, **overrides) -> Live:
