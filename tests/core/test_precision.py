@@ -81,3 +81,15 @@ def test_in_own_thread_returns_the_result_and_re_raises_in_the_caller():
     assert in_own_thread(lambda x, y=0: (threading.current_thread().name, x + y), 2, y=3) == ("torch-work", 5)
     with pytest.raises(InvalidInput, match="boom"):
         in_own_thread(lambda: (_ for _ in ()).throw(InvalidInput("boom")))
+
+
+def test_device_switch_picks_cuda_and_bf16_weights_when_a_gpu_is_present(monkeypatch):
+    """The GPU path is chosen by the device alone: cuda when present, bf16 weights and bf16 autocast there."""
+    from core.device import pick_device
+    from core.modeling import weights_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    device = pick_device()
+    assert device.type == "cuda" and weights_dtype(device) == torch.bfloat16
+    assert resolve_precision(device) == "bf16"
+    assert pick_device("cpu").type == "cpu" and weights_dtype(torch.device("cpu")) == torch.float32
