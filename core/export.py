@@ -35,12 +35,20 @@ class Component:
 Delta = dict[str, list[Component]]  # module name in the base model → components
 
 
-def combine(*deltas: Delta) -> Delta:
-    out: Delta = {}
-    for d in deltas:
-        for name, comps in d.items():
-            out.setdefault(name, []).extend(comps)
-    return out
+def rank_of(delta: Delta) -> int:
+    """The LoRA rank that holds `delta`: the largest total rank of one module's components (0 if empty)."""
+    return max((sum(c.a.size(0) for c in comps) for comps in delta.values()), default=0)
+
+
+def stacked(comps: list[Component], scale: float, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Components as one LoRA pair under scaling `scale`: A (rank × in) and B (out × rank), each component's
+    own scale folded into its B, zero-padded to `rank` (a module with a smaller total rank)."""
+    a = torch.cat([c.a.float() for c in comps], dim=0)
+    b = torch.cat([c.b.float() * (c.scale / scale) for c in comps], dim=1)
+    if a.size(0) < rank:
+        a = torch.cat([a, a.new_zeros(rank - a.size(0), a.size(1))])
+        b = torch.cat([b, b.new_zeros(b.size(0), rank - b.size(1))], dim=1)
+    return a, b
 
 
 def write_adapter(
@@ -60,14 +68,10 @@ def write_adapter(
 
     if not delta:
         raise InvalidInput("nothing to export: the delta has no modules")
-    rank = max(sum(c.a.size(0) for c in comps) for comps in delta.values())
+    rank = rank_of(delta)
     tensors = {}
     for name, comps in delta.items():
-        a = torch.cat([c.a.float() for c in comps], dim=0)
-        b = torch.cat([c.b.float() * (c.scale / scale) for c in comps], dim=1)
-        if a.size(0) < rank:
-            a = torch.cat([a, a.new_zeros(rank - a.size(0), a.size(1))])
-            b = torch.cat([b, b.new_zeros(b.size(0), rank - b.size(1))], dim=1)
+        a, b = stacked(comps, scale, rank)
         tensors[f"{PREFIX}{name}.lora_A.weight"] = a.contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = b.contiguous()
     out_dir = Path(out_dir)

@@ -16,7 +16,7 @@ from core.config import UnlearnConfig
 from core.data import TokenSet, encode_set, tensorize
 from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
-from core.export import WEIGHTS_NAME, read_adapter, write_adapter
+from core.export import WEIGHTS_NAME, rank_of, read_adapter, write_adapter
 from core.hashing import file_sha256
 from core.lora import is_conv1d
 from core.losses import OBJECTIVES
@@ -144,9 +144,6 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             anchored=anchored,
         )
 
-        # The trained model's reference outputs for the export check (taken before the merged evaluation).
-        check_batch = _check_batch(sets)
-        trained_logits = _logits(adapted.model, check_batch, device)
         progress("evaluating", 1, 2, {"when": "after"})
         with adapted.merged() as trained:
             after, _ = measure(trained, tokenizer, sets, probes, config, device)
@@ -157,6 +154,8 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             tokenizer.save_pretrained(str(out_dir))
             adapter_info, adapter_dir = {"kind": "full_model"}, None
         else:
+            check_batch = _check_batch(sets)
+            trained_logits = _logits(adapted.model, check_batch, device)  # what the export must reproduce
             delta = adapted.delta()  # cumulative: the previous version's components are in the factors
             write_adapter(
                 out_dir,
@@ -166,13 +165,13 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
                 fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
                 scale=config.scaling,
             )
-            rank = max(sum(c.a.size(0) for c in comps) for comps in delta.values())
+            rank = rank_of(delta)
             adapter_info = {
                 "kind": "lora",
                 "rank": rank,
                 "alpha": config.scaling * rank,
                 "target_modules": target_modules,
-                "parent_rank": max((sum(c.a.size(0) for c in v) for v in prev_delta.values()), default=0),
+                "parent_rank": rank_of(prev_delta),
                 "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
             }
             adapter_dir = out_dir

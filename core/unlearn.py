@@ -20,7 +20,7 @@ from core.config import UnlearnConfig
 from core.data import TokenSet, concat
 from core.device import autocast
 from core.errors import Cancelled, InvalidInput
-from core.export import Component, Delta
+from core.export import Component, Delta, rank_of, stacked
 from core.fila import diagonal_fisher, fila_factors, relative_importance
 from core.losses import OBJECTIVES, LossInputs, sequence_logprob
 from core.metrics import evaluate_set, generation_scores
@@ -172,7 +172,7 @@ def prepare(
     if missing:  # the pipeline targets every module the previous version adapts
         raise InvalidInput(f"the previous version adapts modules outside this job's targets: {sorted(missing)[:3]}")
     r = config.rank
-    prev_rank = max((sum(c.a.size(0) for c in comps) for comps in previous.values()), default=0)
+    prev_rank = rank_of(previous)
     rank = r * (2 if config.init == "fila" else 1) + prev_rank
     fan_in_fan_out = any(lora.is_conv1d(m) for m in targets.values())
     target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
@@ -181,23 +181,14 @@ def prepare(
     for name, layer in lora.lora_layers(peft_model).items():
         a, b = lora.get_factors(layer)  # peft's init: seeded random A, zero B (a neutral trainable part)
         a[r:], b[:, r:] = 0.0, 0.0
-        comps = previous.get(name, [])
-        if comps:  # each component's own scale folded into its B, under this LoRA's scaling
-            prev_a = torch.cat([c.a.float() for c in comps])
-            prev_b = torch.cat([c.b.float() * (c.scale / config.scaling) for c in comps], dim=1)
-            a[rank - prev_rank :] = _pad_rows(prev_a, prev_rank)
-            b[:, rank - prev_rank :] = _pad_rows(prev_b.T, prev_rank).T
+        if name in previous:
+            a[rank - prev_rank :], b[:, rank - prev_rank :] = stacked(previous[name], config.scaling, prev_rank)
         lora.set_factors(layer, a, b)
         if rank > r:
             frozen += lora.freeze_rows_from(layer, r)
         initial[name] = (a.to(device), b.to(device))
     peft_model.train()
     return Adapted(peft_model, config.init, initial=initial, frozen_elements=frozen)
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """Zero rows up to `rows` (a module the previous version adapted with a smaller total rank)."""
-    return torch.cat([t, t.new_zeros(rows - t.size(0), t.size(1))]) if t.size(0) < rows else t
 
 
 def init_fila(
