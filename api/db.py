@@ -58,13 +58,9 @@ def make_engine(url: str) -> Engine:
 READ_ONLY = "unlearnd_read_only"
 
 
-def read_only_session(factory: sessionmaker[Session]) -> Session:
-    """A session for work that never writes (on SQLite it begins deferred; elsewhere nothing changes)."""
-    return read_only_factory(factory)()
-
-
 def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
-    """`factory`'s read-only twin, built once per app rather than once per GET (an option engine per call)."""
+    """`factory`'s twin for sessions that never write (on SQLite they begin deferred; elsewhere nothing
+    changes), built once per app rather than once per GET (an option engine per call)."""
     engine: Engine = factory.kw["bind"]
     return sessionmaker(**{**factory.kw, "bind": engine.execution_options(**{READ_ONLY: True})})
 

@@ -11,7 +11,8 @@ from api import schemas
 from api.models import AdapterVersion, AuditRecord, BaseModel, ForgetRequest, Job, JobEvent, JobRequest
 
 
-def progress(job: Job) -> schemas.ProgressOut:
+def progress(job: Job | Row[Any]) -> schemas.ProgressOut:
+    """A job's progress, from its row or from a `_STATUS` row (same column names)."""
     return schemas.ProgressOut(phase=job.phase, step=job.step, total=job.total, metrics=job.progress or {})
 
 
@@ -114,9 +115,7 @@ def _request_body(req: ForgetRequest | Row[Any], links: Row[Any]) -> schemas.For
         record_hashes=req.record_hashes,
         probe_count=req.probe_count,
         config=links.job_config,
-        progress=schemas.ProgressOut(
-            phase=links.phase, step=links.step, total=links.total, metrics=links.progress or {}
-        ),
+        progress=progress(links),
         adapter_version=(
             schemas.AdapterRef(id=links.adapter_id, version=links.adapter_version) if links.adapter_id else None
         ),

@@ -4,7 +4,7 @@ import threading
 
 from sqlalchemy import text
 
-from api.db import make_engine, make_session_factory, read_only_session
+from api.db import make_engine, make_session_factory, read_only_factory
 
 
 def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path):
@@ -20,7 +20,7 @@ def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path):
     result: dict = {}
 
     def read() -> None:
-        with read_only_session(factory) as r:
+        with read_only_factory(factory)() as r:
             result["rows"] = r.execute(text("SELECT count(*) FROM t")).scalar()
 
     reader = threading.Thread(target=read, daemon=True)
