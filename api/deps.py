@@ -16,6 +16,7 @@ from api import security
 from api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
 from api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
 from api.ratelimit import RateLimiter, retry_after_header
+from api.schemas import ID_PATTERN
 from api.settings import Settings
 from worker.dispatch import Dispatcher
 
@@ -114,12 +115,13 @@ Caller = Annotated[ApiKey, Security(authenticate)]
 MODELS_ADMIN, REQUESTS_WRITE, REQUESTS_READ, ADAPTERS_READ, AUDIT_READ = security.ALL_SCOPES
 
 
-ResourceId = Annotated[str, Path(max_length=40)]
+ResourceId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
-def not_found(kind: str, id: str) -> NotFound:
-    """The 404 of an id that does not exist or belongs to another tenant (the two are indistinguishable)."""
-    return NotFound(f"{kind} {id!r} not found", details={"resource": kind, "id": id})
+def not_found(kind: str) -> NotFound:
+    """The 404 of an id that does not exist or belongs to another tenant (the two are indistinguishable).
+    The id is not echoed: error bodies never repeat what the caller sent."""
+    return NotFound(f"{kind} not found", details={"resource": kind})
 
 
 def _loader(model: type[M], kind: str) -> Callable[..., M]:
@@ -129,7 +131,7 @@ def _loader(model: type[M], kind: str) -> Callable[..., M]:
     def load(id: ResourceId, session: DbSession, caller: Caller) -> M:
         row: Any = session.get(model, id)
         if row is None or row.tenant_id != caller.tenant_id:
-            raise not_found(kind, id)
+            raise not_found(kind)
         return row
 
     load.__name__ = f"load_{kind.replace(' ', '_')}"

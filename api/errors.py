@@ -1,7 +1,8 @@
 """One exception type per error code, and the one handler that renders them all.
 
 Every error body is `{"error": {"code", "message", "details"}}`: clients branch on `code`, people read
-`message`. Validation errors never echo the submitted input (it may be the personal data to erase).
+`message`. Error bodies never echo submitted values (they may be the personal data to erase): not a field's
+value, not an unknown field's name, not an id, a cursor or a model source.
 """
 
 from __future__ import annotations
@@ -135,7 +136,15 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    """loc, msg and type of each error, never its input. An unknown field's name is input too (a caller may
+    have put anything in it), so its error points at the object that holds it."""
+    details = []
+    for e in exc.errors():
+        loc, msg = list(e.get("loc", ())), e.get("msg", "")
+        if e.get("type") == "extra_forbidden":
+            loc, msg = loc[:-1], "unknown field (only the documented fields are accepted)"
+        details.append({"loc": loc, "msg": msg, "type": e.get("type", "")})
+    return details
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -45,7 +45,7 @@ def create(
     limits.check_forget_request(settings, body)
     model = session.get(BaseModel, body.model_id)
     if model is None or model.tenant_id != caller.tenant_id:
-        raise NotFound(f"model {body.model_id!r} not found", details={"resource": "model", "id": body.model_id})
+        raise NotFound("model not found", details={"resource": "model"})
     config = resolve_config(model, body)
     records = [r.to_record() for r in body.records]
     salt = security.new_salt()

@@ -21,9 +21,18 @@ T = TypeVar("T")
 MethodName = Literal[METHODS]  # type: ignore[valid-type]
 AdapterInit = Literal[ADAPTER_INITS]  # type: ignore[valid-type]
 
+# A resource id (`mdl_3f…`) as a path, query or body value: anything else cannot name a row, and a NUL byte
+# would reach PostgreSQL's driver, which refuses it with an error instead of "no such row".
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
+# Short labels stored as text columns (name, legal basis, ticket, revision): PostgreSQL text holds no NUL.
+NO_NUL = r"^[^\x00]*$"
+
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Strict: a JSON `true` is not the number 1, `"5"` is not 5, `5.0` is not an int (a JSON int is still a
+    valid float). Unknown fields are refused, and never echoed (api/errors.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecordIn(_In):
@@ -79,12 +88,12 @@ class ConfigIn(_In):
 
 class SubjectIn(_In):
     id: str = Field(min_length=1, max_length=500, description="The data subject's id in the caller's system.")
-    legal_basis: str = Field(min_length=1, max_length=200, description="e.g. 'GDPR Art. 17'.")
-    ticket: str | None = Field(None, max_length=200)
+    legal_basis: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description="e.g. 'GDPR Art. 17'.")
+    ticket: str | None = Field(None, max_length=200, pattern=NO_NUL)
 
 
 class ForgetRequestIn(_In):
-    model_id: str = Field(min_length=1, max_length=40)
+    model_id: str = Field(pattern=ID_PATTERN)
     subject: SubjectIn
     records: list[RecordIn] = Field(min_length=1, max_length=10_000)
     probes: list[ProbeIn] = Field(default_factory=list, max_length=1_000)
@@ -99,9 +108,14 @@ class ModelDefaultsIn(ConfigIn):
 
 
 class ModelIn(_In):
-    name: str = Field(min_length=1, max_length=200)
-    source: str = Field(min_length=1, max_length=4096, description="A local Hugging Face model directory.")
-    revision: str | None = Field(None, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    source: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A local Hugging Face model directory inside one of the server's model roots "
+        "(UNLEARND_MODEL_ROOTS): relative to the root, or an absolute path inside it.",
+    )
+    revision: str | None = Field(None, max_length=200, pattern=NO_NUL)
     retain: list[RecordIn] = Field(default_factory=list, max_length=100_000)
     holdout: list[RecordIn] = Field(default_factory=list, max_length=100_000)
     default_config: ModelDefaultsIn | None = None
@@ -110,7 +124,7 @@ class ModelIn(_In):
 class ModelOut(BaseModel):
     id: str
     name: str
-    source: str
+    source: str = Field(description="The model directory, relative to its model root.")
     revision: str | None
     fingerprint: str | None
     default_config: dict[str, Any]

@@ -6,11 +6,13 @@ dispatcher inside the API process. Production swaps the URLs and the dispatcher,
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Development secrets: fine on a laptop, refused when UNLEARND_ENVIRONMENT=production.
 DEV_SECRET_KEY = "unlearnd-development-secret-do-not-use-in-production"
@@ -25,6 +27,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Root of the embedded database and blob store.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/unlearnd.db")
     blob_dir: Path | None = Field(None, description="Adapter tarballs; default <data_dir>/blobs")
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories whose model directories may be registered as sources (PATH-style list or a "
+        "JSON list); default <data_dir>/models alone.",
+    )
     dispatcher: Literal["thread", "celery"] = "thread"
     broker_url: str = "redis://127.0.0.1:6379/0"
     celery_queue: str = Field("gpu", min_length=1, description="Queue of the Celery job task (workers: -Q).")
@@ -68,6 +75,17 @@ class Settings(BaseSettings):
         None, description="PEM file of the Ed25519 key; default <data_dir>/audit-signing-key.pem (development)."
     )
 
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """`UNLEARND_MODEL_ROOTS=/models:/mnt/hf` (like PATH) or a JSON list; empty entries are dropped."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _no_dev_secret_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET_KEY:
@@ -97,3 +115,10 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def resolved_model_roots(self) -> tuple[Path, ...]:
+        """Absolute, in the configured order (the first root holding a name wins); not symlink-resolved, so a
+        source given as an absolute path is matched against the roots as the operator wrote them."""
+        roots = self.model_roots or [self.data_dir / "models"]
+        return tuple(Path(os.path.abspath(root)) for root in roots)

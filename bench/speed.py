@@ -448,6 +448,7 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
         bootstrap_key=BENCH_KEY,
         device="cpu",
         rate_limit_per_minute=0,  # the polling load below would otherwise be rate limited
+        model_roots=[world.model_dir.resolve().parent],  # the world's directory: its model may be registered
     )
     model_cache(settings.model_cache_size).clear()  # a cold start, whatever ran in this process before
     config_body = {k: v for k, v in config_kw.items() if k not in ("method", "init")}
@@ -471,7 +472,7 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
                 "/v1/models",
                 json={
                     "name": name,
-                    "source": str(world.model_dir),
+                    "source": str(world.model_dir.resolve()),
                     "retain": [x.to_dict() for x in world.retain],
                     "holdout": [x.to_dict() for x in world.holdout],
                 },

@@ -139,7 +139,10 @@ def keys_create(
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="A name unique in your tenant.")],
-    source: Annotated[str, typer.Argument(help="Local HF model directory, as seen by the server.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Local HF model directory inside one of the server's model roots (relative, or absolute)."),
+    ],
     retain: Annotated[Path | None, typer.Option(help="JSONL of records to keep (utility reference).")] = None,
     holdout: Annotated[Path | None, typer.Option(help="JSONL of never-trained records (stopping rule).")] = None,
     url: UrlOpt = None,
@@ -384,7 +387,8 @@ def demo(
     world = in_own_thread(build_world, world_root, spec, log=lambda m: console.print(f"  {m}"))
     key = f"uk_demo_{secrets.token_urlsafe(24)}"
     tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="unlearnd-demo-")
-    settings = Settings(data_dir=data_dir or Path(tmp.name), bootstrap_key=key)
+    # The demo world's directory is the service's only model root: its model is the one that may be registered.
+    settings = Settings(data_dir=data_dir or Path(tmp.name), bootstrap_key=key, model_roots=[world_root.resolve()])
     console.rule("2. service (embedded: SQLite + thread dispatcher + local blobs)")
     try:
         with ServerThread(settings) as server:

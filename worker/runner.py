@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api import model_sources
 from api.archive import pack_dir, unpack
 from api.crypto import decrypt_payload
 from api.db import transaction
@@ -131,7 +134,7 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
         previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
         config = UnlearnConfig.from_dict(inputs.config)  # the device is the worker's: see model_cache
         stats: dict[str, Any] = {}
-        with model_cache(rt.settings.model_cache_size).borrow(inputs.source, rt.settings.device, stats) as loaded:
+        with _borrow(rt, inputs.source, stats) as loaded:
             _model_event(rt, job_id, stats)
             _check_fingerprint(rt, inputs, loaded.fingerprint)
             result = run_forget(
@@ -159,6 +162,24 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
         return SUCCEEDED
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _borrow(rt: Runtime, source: str, stats: dict[str, Any]) -> Iterator[Any]:
+    """The base model `source` names inside this worker's model roots, from the process's model cache.
+    Resolved again at every job (a symlink swapped after registration to point outside a root is refused),
+    and the resolved path never reaches a caller: errors name the source as it was registered."""
+    try:
+        path = str(model_sources.resolve(rt.settings.resolved_model_roots, source).path)
+    except model_sources.SourceRefused:
+        raise ModelLoadError(
+            f"model source {source!r} is not a model directory inside this worker's model roots (UNLEARND_MODEL_ROOTS)"
+        ) from None
+    try:
+        with model_cache(rt.settings.model_cache_size).borrow(path, rt.settings.device, stats) as loaded:
+            yield loaded
+    except ModelLoadError as e:
+        raise ModelLoadError(str(e).replace(path, source)) from None
 
 
 def _model_event(rt: Runtime, job_id: str, stats: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ async def get_request(
     # dependency plus `Caller`) resolves one security dependency instead of two. Same checks, same order.
     out = await run_in_threadpool(_status, session, id, caller.tenant_id)
     if out is None:
-        raise not_found(REQUEST, id)
+        raise not_found(REQUEST)
     return out
 
 

@@ -29,11 +29,11 @@ def list_events(
 ) -> dict:
     """Oldest first, so a client can follow a running job by passing `next` back."""
     query = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
-    if position := decode_cursor(cursor, "id"):
-        query = query.where(JobEvent.id > int(position["id"]))
+    if position := decode_cursor(cursor, id="int"):
+        query = query.where(JobEvent.id > position["id"])
     rows = session.scalars(query.limit(limit + 1)).all()
     page = rows[:limit]
-    last = page[-1].id if page else (int(position["id"]) if position else 0)
+    last = page[-1].id if page else (position["id"] if position else 0)
     return {
         "data": [views.event_out(e) for e in page],
         "has_more": len(rows) > limit,

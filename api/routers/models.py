@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api import limits, schemas, views
+from api import limits, model_sources, schemas, views
 from api.deps import ADAPTERS_READ, MODELS_ADMIN, AppSettings, Caller, DbSession, ModelDep, scope
 from api.errors import Conflict, InvalidConfig, InvalidModelSource
 from api.idempotency import IdempotencyKeyHeader
@@ -22,13 +21,17 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-def _check_source(source: str) -> str:
-    """Only the existence of the directory is checked here (the API never loads weights); a directory
-    that does not load fails its first job with a clear error."""
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        raise InvalidModelSource(f"model source {source!r} is not a directory on the server", {"source": source})
-    return str(path.resolve())
+def _check_source(settings: AppSettings, source: str) -> str:
+    """The source's name relative to its model root (api/model_sources.py). The API never loads weights: a
+    model directory that does not load fails its first job with a clear error. One answer for every refusal,
+    without the source, so it cannot be used to probe the server's files."""
+    try:
+        return model_sources.resolve(settings.resolved_model_roots, source).name
+    except model_sources.SourceRefused:
+        raise InvalidModelSource(
+            "the source must name a model directory (with a config.json) inside one of the server's model "
+            "roots, as a path relative to the root or an absolute path inside it"
+        ) from None
 
 
 def _check_defaults(defaults: schemas.ModelDefaultsIn | None) -> dict:
@@ -55,13 +58,13 @@ def register_model(
     """Needs `models:admin`. Reference sets obey the per-record character limit."""
     for field, records in (("retain", body.retain), ("holdout", body.holdout)):
         limits.check_record_chars(settings, field, records)
-    source = _check_source(body.source)
+    source = _check_source(settings, body.source)
     defaults = _check_defaults(body.default_config)
     taken = session.scalar(
         select(BaseModel.id).where(BaseModel.tenant_id == caller.tenant_id, BaseModel.name == body.name)
     )
     if taken:
-        raise Conflict(f"a model named {body.name!r} already exists", {"id": taken})
+        raise Conflict("a model with this name already exists in your tenant", {"id": taken})
     model = BaseModel(
         tenant_id=caller.tenant_id,
         name=body.name,
@@ -79,7 +82,7 @@ def register_model(
 @router.get("", response_model=schemas.Page[schemas.ModelOut])
 def list_models(session: DbSession, caller: Caller, limit: Limit = 50, cursor: str | None = None) -> dict:
     query = select(BaseModel).where(BaseModel.tenant_id == caller.tenant_id).order_by(BaseModel.id)
-    if position := decode_cursor(cursor, "id"):
+    if position := decode_cursor(cursor, id="id"):
         query = query.where(BaseModel.id > position["id"])
     rows = session.scalars(query.limit(limit + 1)).all()
     page = rows[:limit]
@@ -99,8 +102,8 @@ def get_model(model: ModelDep, session: DbSession) -> schemas.ModelOut:
 def list_adapters(model: ModelDep, session: DbSession, limit: Limit = 50, cursor: str | None = None) -> dict:
     """Versions newest first; each names its parent (the version it extends)."""
     query = select(AdapterVersion).where(AdapterVersion.model_id == model.id).order_by(AdapterVersion.version.desc())
-    if position := decode_cursor(cursor, "version"):
-        query = query.where(AdapterVersion.version < int(position["version"]))
+    if position := decode_cursor(cursor, version="int"):
+        query = query.where(AdapterVersion.version < position["version"])
     rows = session.scalars(query.limit(limit + 1)).all()
     page = rows[:limit]
     return {

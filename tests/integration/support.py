@@ -16,6 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from api.settings import Settings
+from tests.service.support import model_roots_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("UNLEARND_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -89,6 +90,7 @@ def make_settings(data_dir: Path, db_url: str, broker: Broker, **overrides: Any)
         "progress_interval_seconds": 0.1,
         "max_attempts": 3,
         "device": "cpu",
+        "model_roots": model_roots_for(data_dir),
     }
     values.update(overrides)
     return Settings(**values)
@@ -103,6 +105,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if isinstance(value, list):  # UNLEARND_MODEL_ROOTS: PATH-style
+            value = os.pathsep.join(str(v) for v in value)
         env[f"UNLEARND_{name.upper()}"] = str(value)
     return env
 

@@ -11,6 +11,7 @@ import httpx
 
 from api.server import ServerThread
 from api.settings import Settings
+from tests.service.support import model_roots_for
 from worker.celery_app import TASK_NAME, make_celery
 from worker.dispatch import CeleryDispatcher, build_dispatcher
 from worker.runtime import Runtime
@@ -50,7 +51,13 @@ def test_worker_app_registers_the_task_and_touches_no_cuda():
 
 
 def test_broker_down_the_request_still_commits_and_readyz_says_why(tmp_path: Path, tiny_world):
-    settings = Settings(data_dir=tmp_path / "data", dispatcher="celery", broker_url=DOWN, bootstrap_key=ADMIN_KEY)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        dispatcher="celery",
+        broker_url=DOWN,
+        bootstrap_key=ADMIN_KEY,
+        model_roots=model_roots_for(tmp_path / "data"),
+    )
     rt = Runtime.build(settings)
     dispatcher = build_dispatcher(rt)
     assert isinstance(dispatcher, CeleryDispatcher) and dispatcher.alive() is False

@@ -67,7 +67,7 @@ def test_worker_killed_mid_unlearning_is_completed_once_by_a_new_worker(api: Api
 def test_job_that_always_crashes_its_worker_fails_at_the_attempt_cap(api: Api, db: Runtime, tiny_world, tmp_path):
     """Prefork pool here: the pool process dies with SIGKILL at every attempt, the parent forks a new one and
     its sweeper re-dispatches the job when the lease expires, until the cap fails it for good."""
-    source = shutil.copytree(tiny_world.model_dir, tmp_path / "crash-me")  # the API stores resolved paths
+    source = shutil.copytree(tiny_world.model_dir, api.settings.resolved_model_roots[0] / "crash-me")
     model_id = register_model(api, tiny_world, "crasher", retain=False, source=source)
     extra = ["--pool", "prefork", "-I", "tests.integration.crash_plugin"]
     worker = WorkerProcess(api.settings, tmp_path / "crash.log", extra_args=extra).start()

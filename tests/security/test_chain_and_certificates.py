@@ -20,15 +20,15 @@ from api import certificates
 from api.db import transaction
 from api.settings import Settings
 from cli.main import app as cli_app
-from tests.service.support import ADMIN_KEY, Live, start_live, stop_live
+from tests.service.support import ADMIN_KEY, Live, make_model_dir, start_live, stop_live
 
 from .conftest import RECORDS, expect_error, publish_request, sessions
 
 
 @pytest.fixture(scope="module")
 def published(live: Live, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    source = tmp_path_factory.mktemp("model")
-    model_id = live.client.post("/v1/models", json={"name": "cert", "source": str(source)}).json()["id"]
+    source = make_model_dir(live.settings, "cert")
+    model_id = live.client.post("/v1/models", json={"name": "cert", "source": source}).json()["id"]
     request_ids = [publish_request(sessions(live), live.settings, model_id, f"subject-{i}") for i in range(3)]
     audits = [live.client.get(f"/v1/forget-requests/{r}").json()["audit_id"] for r in request_ids]
     return {"model_id": model_id, "requests": request_ids, "audits": audits}

@@ -19,7 +19,7 @@ from api.db import transaction
 from api.idempotency import fingerprint, reserve
 from api.models import ForgetRequest, IdempotencyKey, utcnow
 from api.security import ensure_tenant
-from tests.service.support import Live, start_live, stop_live
+from tests.service.support import Live, make_model_dir, start_live, stop_live
 
 from .conftest import client, expect_error, make_key, sessions
 
@@ -27,9 +27,9 @@ SUBJECT = {"id": "idem-subject", "legal_basis": "GDPR Art. 17"}
 
 
 @pytest.fixture(scope="module")
-def model_id(live: Live, tmp_path_factory: pytest.TempPathFactory) -> str:
-    source = tmp_path_factory.mktemp("no-weights")
-    r = live.client.post("/v1/models", json={"name": "limits", "source": str(source)})
+def model_id(live: Live) -> str:
+    source = make_model_dir(live.settings, "no-weights")
+    r = live.client.post("/v1/models", json={"name": "limits", "source": source})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -124,7 +124,8 @@ def test_same_key_while_the_first_is_in_flight_is_409(live: Live, model_id: str)
 def test_keys_are_per_tenant_and_expire_after_the_ttl(live: Live, model_id: str, tmp_path: Path):
     headers = {"Idempotency-Key": "shared-name"}
     with client(live, make_key(live, "other-tenant")) as other:
-        mine = other.post("/v1/models", json={"name": "m", "source": str(tmp_path)}, headers=headers)
+        source = make_model_dir(live.settings, "per-tenant")
+        mine = other.post("/v1/models", json={"name": "m", "source": source}, headers=headers)
         assert mine.status_code == 201  # the same key in the default tenant below is unrelated
     first = live.client.post("/v1/forget-requests", json=_body(model_id), headers=headers)
     assert first.status_code == 202 and "idempotent-replayed" not in first.headers
@@ -195,9 +196,9 @@ def small(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def small_model(small: Live, tmp_path_factory: pytest.TempPathFactory) -> str:
+def small_model(small: Live) -> str:
     with client(small, make_key(small, "limits")) as c:
-        r = c.post("/v1/models", json={"name": "s", "source": str(tmp_path_factory.mktemp("small-model"))})
+        r = c.post("/v1/models", json={"name": "s", "source": make_model_dir(small.settings, "small-model")})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -248,8 +249,8 @@ def test_request_limits_are_422_with_their_code(small: Live, small_model: str, p
     assert err["details"]
 
 
-def test_reference_records_obey_the_character_limit(small: Live, tmp_path: Path):
-    body = {"name": "long", "source": str(tmp_path), "holdout": [{"text": "h" * 51}]}
+def test_reference_records_obey_the_character_limit(small: Live):
+    body = {"name": "long", "source": make_model_dir(small.settings, "long"), "holdout": [{"text": "h" * 51}]}
     with client(small, make_key(small, "limits")) as c:
         err = expect_error(c.post("/v1/models", json=body), 422, "record_too_long")
     assert err["details"]["field"] == "holdout"

@@ -14,12 +14,32 @@ from cli.client import wait_for_request  # noqa: F401  (re-exported: the service
 from worker.runtime import Runtime
 
 ADMIN_KEY = "uk_test0000_admin-secret-for-tests"
+REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
+
+
+def model_roots_for(data_dir: Path) -> list[Path]:
+    """The model roots of a test service: a directory of its own (see `make_model_dir`) and the caches the
+    tiny world is built in (tests/conftest.py's CACHE, the service tests' fallback under .cache/)."""
+    from tests.conftest import CACHE
+
+    return [data_dir.parent / "models", CACHE, REPO_CACHE]
+
+
+def make_model_dir(settings: Settings, name: str) -> str:
+    """A directory that passes registration (a config.json, no weights: its jobs fail with "no weight files")
+    in the service's first model root; returns its absolute path, a source the API accepts and stores as
+    `name` (relative to the root)."""
+    path = settings.resolved_model_roots[0] / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return str(path)
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
     """Short leases and sweeps so restart and crash scenarios resolve in seconds."""
     values = {
         "data_dir": data_dir,
+        "model_roots": model_roots_for(data_dir),
         "bootstrap_key": ADMIN_KEY,
         "lease_seconds": 4.0,
         "sweep_interval_seconds": 0.5,

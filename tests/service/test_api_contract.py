@@ -7,16 +7,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import Live
+from .support import Live, make_model_dir
 
 SUBJECT = {"id": "subject-42", "legal_basis": "GDPR Art. 17", "ticket": "T-1"}
 SECRET_TEXT = "Zelda Quux lives at 12 Secret Lane"
 
 
 @pytest.fixture(scope="module")
-def model_id(live: Live, tmp_path_factory: pytest.TempPathFactory) -> str:
-    source = tmp_path_factory.mktemp("not-a-model")  # exists, but holds no weights: its jobs fail cleanly
-    body = {"name": "empty", "source": str(source), "holdout": [{"text": "Some holdout person."}]}
+def model_id(live: Live) -> str:
+    source = make_model_dir(live.settings, "not-a-model")  # a config.json but no weights: its jobs fail cleanly
+    body = {"name": "empty", "source": source, "holdout": [{"text": "Some holdout person."}]}
     r = live.client.post("/v1/models", json=body)
     assert r.status_code == 201, r.text
     return r.json()["id"]
@@ -68,7 +68,7 @@ def test_every_endpoint_but_health_needs_a_valid_key(live: Live, headers: dict):
 )
 def test_unknown_ids_are_404_with_a_code(live: Live, path: str):
     err = _error(live.client.get(path), 404, "not_found")
-    assert err["details"]["id"].endswith("_missing")
+    assert err["details"]["resource"] and "_missing" not in str(err)  # the id is not echoed
 
 
 def test_unknown_routes_and_methods_answer_json(live: Live):
@@ -97,7 +97,7 @@ def test_submit_for_an_unknown_model_is_404(live: Live):
         ({"config": {"lr": 5}}, "config"),
         ({"config": {"unknown_knob": 1}}, "config"),
         ({"probes": [{"question": "q"}]}, "probes"),
-        ({"extra": True}, "extra"),
+        ({"extra": True}, "body"),
     ],
 )
 def test_bad_bodies_are_422_validation_error(live: Live, model_id: str, patch: dict, where: str):
@@ -120,14 +120,15 @@ def test_malformed_json_is_422(live: Live):
 
 def test_model_registration_checks_source_and_name(live: Live, model_id: str, tmp_path: Path):
     _error(
-        live.client.post("/v1/models", json={"name": "x", "source": str(tmp_path / "nope")}),
+        live.client.post("/v1/models", json={"name": "x", "source": "nope"}),
         422,
         "invalid_model_source",
     )
-    _error(live.client.post("/v1/models", json={"name": "empty", "source": str(tmp_path)}), 409, "conflict")
-    bad_defaults = {"name": "y", "source": str(tmp_path), "default_config": {"init": "full"}}
+    source = make_model_dir(live.settings, "registration")
+    _error(live.client.post("/v1/models", json={"name": "empty", "source": source}), 409, "conflict")
+    bad_defaults = {"name": "y", "source": source, "default_config": {"init": "full"}}
     _error(live.client.post("/v1/models", json=bad_defaults), 422, "validation_error")
-    bad_holdout = {"name": "z", "source": str(tmp_path), "holdout": [{"text": ""}]}
+    bad_holdout = {"name": "z", "source": source, "holdout": [{"text": ""}]}
     _error(live.client.post("/v1/models", json=bad_holdout), 422, "validation_error")
 
 
@@ -145,7 +146,8 @@ def test_models_list_and_show(live: Live, model_id: str):
 
 def test_invalid_cursor_is_422(live: Live):
     _error(live.client.get("/v1/audits", params={"cursor": "garbage!"}), 422, "invalid_cursor")
-    _error(live.client.get("/v1/audits", params={"verdict": "maybe"}), 422, "validation_error")
+    _error(live.client.get("/v1/audits", params={"verdict": "Maybe!"}), 422, "validation_error")
+    assert live.client.get("/v1/audits", params={"verdict": "a_future_verdict"}).json()["data"] == []
     _error(live.client.get("/v1/audits", params={"limit": 0}), 422, "validation_error")
 
 

@@ -255,9 +255,9 @@ def test_cancel_a_running_job_stops_it_without_publishing(
 def test_model_dir_replaced_after_registration_is_refused(live: Live, service_world, tmp_path: Path, job_config):
     import shutil
 
-    copy = tmp_path / "model"
+    copy = live.settings.resolved_model_roots[0] / "copied"
     shutil.copytree(service_world.model_dir, copy)
-    model_id = live.client.post("/v1/models", json={"name": "copied", "source": str(copy)}).json()["id"]
+    model_id = live.client.post("/v1/models", json={"name": "copied", "source": "copied"}).json()["id"]
     body = {
         "model_id": model_id,
         "subject": SUBJECT_1,

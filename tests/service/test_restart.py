@@ -22,7 +22,15 @@ from api.models import AdapterVersion, AuditRecord, Job, JobEvent, utcnow
 from api.security import create_api_key
 from worker.runtime import Runtime
 
-from .support import ADMIN_KEY, add_model_row, make_settings, start_live, stop_live, wait_for_request
+from .support import (
+    ADMIN_KEY,
+    add_model_row,
+    make_settings,
+    model_roots_for,
+    start_live,
+    stop_live,
+    wait_for_request,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -148,6 +156,7 @@ def _serve(data: Path, port: int) -> subprocess.Popen:
         **os.environ,
         "UNLEARND_DATA_DIR": str(data),
         "UNLEARND_BOOTSTRAP_KEY": ADMIN_KEY,
+        "UNLEARND_MODEL_ROOTS": os.pathsep.join(str(root) for root in model_roots_for(data)),
         "UNLEARND_LEASE_SECONDS": "3",
         "UNLEARND_SWEEP_INTERVAL_SECONDS": "0.5",
         "UNLEARND_DEVICE": "cpu",

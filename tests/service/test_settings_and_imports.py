@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,12 @@ def test_production_refuses_the_development_secret():
         Settings(environment="production")
     real = Settings(environment="production", secret_key="a-real-secret", audit_signing_key_file="/etc/k.pem")
     assert real.environment == "production"
+
+
+def test_model_roots_come_from_a_path_list_or_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("UNLEARND_MODEL_ROOTS", f"/models{os.pathsep}/mnt/hf{os.pathsep}")
+    assert Settings().resolved_model_roots == (Path("/models"), Path("/mnt/hf"))
+    monkeypatch.setenv("UNLEARND_MODEL_ROOTS", '["/models"]')
+    assert Settings().resolved_model_roots == (Path("/models"),)
+    monkeypatch.delenv("UNLEARND_MODEL_ROOTS")
+    assert Settings(data_dir=tmp_path).resolved_model_roots == (tmp_path / "models",)  # nothing but its own
