@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)`; `uvicorn api.app:app` serves the environment's settings.
 
-Startup migrates the database (never create_all), ensures the default tenant and the bootstrap key, and
-starts the dispatcher, whose sweeper immediately resumes jobs a previous run left unfinished.
+Startup migrates the database (never create_all), ensures the default tenant and the bootstrap key, signs the
+head of an audit chain older than signed heads, and starts the dispatcher, whose sweeper immediately resumes
+jobs a previous run left unfinished.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import certificates, idempotency, security
+from api import certificates, chain_head, idempotency, security
 from api.db import read_only_factory, transaction, upgrade_to_head
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guard import RequestGuard
@@ -32,10 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.signing_key = certificates.load_signing_key(settings)  # refuses to start without one
         upgrade_to_head(settings)
-        rt = Runtime.build(settings)
+        rt = Runtime.build(settings, app.state.signing_key)
         with transaction(rt.sessions) as session:
             security.ensure_tenant(session)
             security.ensure_bootstrap_key(session, settings)
+            if chain_head.adopt(session):
+                log.warning("signed the head of an audit chain that predates signed heads (at its current end)")
         dispatcher = build_dispatcher(rt)
         app.state.settings = settings
         app.state.runtime = rt

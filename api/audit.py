@@ -2,7 +2,8 @@
 
 Each record's `hash = sha256(canonical JSON of its fields ‖ prev_hash)`, where prev_hash is the hash of the
 record with the previous `seq` (64 zeros for the first). Editing any stored field, deleting or reordering a
-row breaks every later hash, which `verify_chain` finds.
+row breaks every later hash, which `verify_chain` finds; deleting the newest rows is found by the signed
+head every append writes (api/chain_head.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import math
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from api import chain_head
+from api.certificates import CertificateError
 from api.models import AuditRecord, new_id
 
 GENESIS_HASH = "0" * 64
@@ -72,15 +76,18 @@ def compute_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical_json(record) + record.prev_hash.encode()).hexdigest()
 
 
-def _lock_chain(session: Session) -> None:
+def _lock_chain(session: Session, *, shared: bool = False) -> None:
     """Serialise appends. SQLite transactions here already hold the write lock (BEGIN IMMEDIATE); PostgreSQL
-    takes a transaction-scoped advisory lock so concurrent publishers never compute the same seq."""
+    takes a transaction-scoped advisory lock so concurrent publishers never compute the same seq. Verify
+    takes it shared: under READ COMMITTED an append committing between reading the records and the head
+    would otherwise look like a missing record (SQLite's read transaction is one snapshot already)."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+        lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        session.execute(text(f"SELECT {lock}(4242001)"))
 
 
 def append(session: Session, record: AuditRecord) -> AuditRecord:
-    """Give `record` the next seq, link it to the chain's head and seal it; caller commits."""
+    """Give `record` the next seq, link it to the chain's head, seal it and sign the new head; caller commits."""
     _lock_chain(session)
     head = session.execute(select(AuditRecord.seq, AuditRecord.hash).order_by(AuditRecord.seq.desc()).limit(1)).first()
     record.seq = (head.seq + 1) if head else 1
@@ -94,13 +101,28 @@ def append(session: Session, record: AuditRecord) -> AuditRecord:
     record.hash = compute_hash(record)
     session.add(record)
     session.flush()
+    chain_head.advance(session, record.seq, record.hash)
     return record
 
 
-def verify_chain(session: Session, batch: int = 500) -> dict[str, Any]:
-    """Recompute every hash in seq order; report the first seq whose link or content does not match."""
+def verify_chain(
+    session: Session,
+    public_key: Ed25519PublicKey | None = None,
+    saved_head: tuple[int, str] | None = None,
+    batch: int = 500,
+) -> dict[str, Any]:
+    """Recompute every hash in seq order, then check that the chain ends exactly at its signed head (signed by
+    `public_key`'s key, default the session's) and, if given, contains a head the caller saved earlier
+    (`saved_head` = its seq and hash).
+
+    The first problem is reported: `first_broken_seq`, a `reason`, and `missing_from_seq`/`missing_to_seq`
+    when records are gone (a gap, a truncated end, or a rollback behind a saved head)."""
+    public_key = public_key or chain_head.signing_key(session).public_key()
+    _lock_chain(session, shared=True)
     checked, prev_hash, expected_seq = 0, GENESIS_HASH, 1
     total = session.scalar(select(func.count()).select_from(AuditRecord)) or 0
+    saved_seq, saved_hash = saved_head if saved_head is not None else (None, None)
+    hash_at_saved = GENESIS_HASH if saved_seq == 0 else None
     last_seq = 0
     while True:
         rows = session.scalars(
@@ -110,14 +132,29 @@ def verify_chain(session: Session, batch: int = 500) -> dict[str, Any]:
             break
         for row in rows:
             if row.seq != expected_seq:
-                return _result(False, checked, total, expected_seq, "missing record")
+                missing = (expected_seq, row.seq - 1)
+                return _broken(checked, total, expected_seq, _missing_reason(*missing, "from the chain"), missing)
             if row.prev_hash != prev_hash:
-                return _result(False, checked, total, row.seq, "prev_hash does not link to the previous record")
+                return _broken(checked, total, row.seq, "prev_hash does not link to the previous record")
             if compute_hash(row) != row.hash:
-                return _result(False, checked, total, row.seq, "hash does not match the record's content")
+                return _broken(checked, total, row.seq, "hash does not match the record's content")
+            if row.seq == saved_seq:
+                hash_at_saved = row.hash
             prev_hash, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
             checked += 1
         session.expunge_all()
+    tip = last_seq
+    head = chain_head.load(session)
+    if problem := _head_problem(head, public_key, tip, prev_hash, checked, total):
+        return problem
+    if saved_seq is not None:
+        if saved_seq > tip:
+            missing = (tip + 1, saved_seq)
+            reason = _missing_reason(*missing, "behind your saved head: the chain was truncated or rolled back")
+            return _broken(checked, total, tip + 1, reason, missing, head)
+        if hash_at_saved != saved_hash:
+            reason = f"record {saved_seq} is not the one your saved head names: the chain was rewritten or rolled back"
+            return _broken(checked, total, saved_seq, reason, head=head)
     return {
         "ok": True,
         "checked": checked,
@@ -125,15 +162,53 @@ def verify_chain(session: Session, batch: int = 500) -> dict[str, Any]:
         "first_broken_seq": None,
         "reason": None,
         "head_hash": prev_hash,
+        "head": head,
+        "missing_from_seq": None,
+        "missing_to_seq": None,
     }
 
 
-def _result(ok: bool, checked: int, total: int, seq: int, reason: str) -> dict[str, Any]:
+def _head_problem(
+    head: dict[str, Any] | None, public_key: Ed25519PublicKey, tip: int, tip_hash: str, checked: int, total: int
+) -> dict[str, Any] | None:
+    """Why the chain (intact up to `tip`) does not end at its signed head; None if it does."""
+    if head is None:
+        return None if tip == 0 else _broken(checked, total, None, "the signed chain head is missing")
+    try:
+        chain_head.verify(head, public_key)
+    except CertificateError as e:
+        return _broken(checked, total, None, f"the signed chain head does not verify: {e}", head=head)
+    if head["seq"] > tip:
+        missing = (tip + 1, head["seq"])
+        return _broken(checked, total, tip + 1, _missing_reason(*missing, "at the end of the chain"), missing, head)
+    if head["seq"] < tip:
+        reason = f"records {head['seq'] + 1}–{tip} come after the signed head: they were not appended by the service"
+        return _broken(checked, total, head["seq"] + 1, reason, head=head)
+    if head["hash"] != tip_hash:
+        return _broken(checked, total, tip, "the newest record is not the one the signed head names", head=head)
+    return None
+
+
+def _missing_reason(first: int, last: int, where: str) -> str:
+    return f"record {first} is missing {where}" if first == last else f"records {first}–{last} are missing {where}"
+
+
+def _broken(
+    checked: int,
+    total: int,
+    seq: int | None,
+    reason: str,
+    missing: tuple[int, int] | None = None,
+    head: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
-        "ok": ok,
+        "ok": False,
         "checked": checked,
         "total": total,
         "first_broken_seq": seq,
         "reason": reason,
         "head_hash": None,
+        "head": head,
+        "missing_from_seq": missing[0] if missing else None,
+        "missing_to_seq": missing[1] if missing else None,
     }

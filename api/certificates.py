@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,21 @@ def load_signing_key(settings: Any) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this deployment (API, worker) generated it first: use theirs
+        return _private_from_pem(_read_when_written(path))
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return key
+
+
+def _read_when_written(path: Path, timeout: float = 5.0) -> bytes:
+    """The PEM another process is writing (created empty, then written): wait until it is complete."""
+    deadline = time.monotonic() + timeout
+    while b"END PRIVATE KEY" not in (data := path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return data
 
 
 def _private_from_pem(pem: bytes) -> Ed25519PrivateKey:
@@ -138,26 +150,17 @@ def build(
     }
     for name in chained_fields:
         doc[_RENAMED.get(name, name)] = _value(getattr(audit, name))
-    public = key.public_key()
-    doc["signature"] = {
-        "alg": ALG,
-        "key_id": key_id(public),
-        "value": base64.b64encode(key.sign(canonical(doc))).decode(),
-    }
-    return doc
+    return sign(doc, key)
 
 
-def audit_hash(doc: dict[str, Any]) -> str:
-    """Recompute the audit record's chain hash from the certificate (api/audit.compute_hash)."""
-    fields = {name: doc[_RENAMED.get(name, name)] for name in doc["chained_fields"]}
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(body + str(doc["prev_hash"]).encode()).hexdigest()
+def sign(doc: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """`doc` with a `signature` member over the canonical JSON of the rest (certificates and chain heads)."""
+    value = base64.b64encode(key.sign(canonical(doc))).decode()
+    return {**doc, "signature": {"alg": ALG, "key_id": key_id(key.public_key()), "value": value}}
 
 
-def verify(doc: Any, public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """Check the signature and the chain hash; return the document, or raise CertificateError."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CertificateError(f"not an {FORMAT} document")
+def check_signature(doc: dict[str, Any], public_key: Ed25519PublicKey) -> None:
+    """Raise CertificateError unless `doc["signature"]` is `public_key`'s signature of the rest of `doc`."""
     signature = doc.get("signature")
     if not isinstance(signature, dict) or set(signature) != {"alg", "key_id", "value"}:
         raise CertificateError("the signature block is missing or malformed")
@@ -175,7 +178,21 @@ def verify(doc: Any, public_key: Ed25519PublicKey) -> dict[str, Any]:
     try:
         public_key.verify(value, canonical(unsigned))
     except (InvalidSignature, ValueError):
-        raise CertificateError("the signature does not match the certificate's content") from None
+        raise CertificateError("the signature does not match the document's content") from None
+
+
+def audit_hash(doc: dict[str, Any]) -> str:
+    """Recompute the audit record's chain hash from the certificate (api/audit.compute_hash)."""
+    fields = {name: doc[_RENAMED.get(name, name)] for name in doc["chained_fields"]}
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(body + str(doc["prev_hash"]).encode()).hexdigest()
+
+
+def verify(doc: Any, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """Check the signature and the chain hash; return the document, or raise CertificateError."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CertificateError(f"not an {FORMAT} document")
+    check_signature(doc, public_key)
     try:
         recomputed = audit_hash(doc)
     except (KeyError, TypeError):

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.chain_head import SIGNING_KEY
 from api.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -65,8 +66,11 @@ def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
     return sessionmaker(**{**factory.kw, "bind": engine.execution_options(**{READ_ONLY: True})})
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_session_factory(engine: Engine, signing_key: Any = None) -> sessionmaker[Session]:
+    """Sessions of `engine`; `signing_key` (the audit Ed25519 key) lets them append to the audit chain, whose
+    every append signs the chain's new head (api/chain_head.py)."""
+    info = {} if signing_key is None else {SIGNING_KEY: signing_key}
+    return sessionmaker(engine, expire_on_commit=False, info=info)
 
 
 @contextmanager

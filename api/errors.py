@@ -147,6 +147,11 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return details
 
 
+def invalid_query(names: tuple[str, ...], message: str) -> RequestValidationError:
+    """A `422 validation_error` for query parameters that are valid one by one but not together."""
+    return RequestValidationError([{"loc": ("query", name), "msg": message, "type": "value_error"} for name in names])
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

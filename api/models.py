@@ -273,6 +273,22 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditHead(Base):
+    """The signed head of the audit chain (api/chain_head.py): the newest record's seq and hash, signed with
+    the audit key at every append, in the same transaction. Kept apart from `audit_records`, so deleting the
+    newest records leaves a head that names records which are gone. One row (`id` 1); `signature` is null
+    only for a chain that predates the head, until the service signs it at start."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime | None]
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    signature: Mapped[str | None] = mapped_column(String(128))
+
+
 class IdempotencyKey(Base):
     """One `Idempotency-Key` of a tenant (IETF draft "The Idempotency-Key HTTP Header Field").
 

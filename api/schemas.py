@@ -233,19 +233,32 @@ class AuditOut(BaseModel):
     hash: str
 
 
+class SignatureOut(BaseModel):
+    alg: Literal["Ed25519"]
+    key_id: str
+    value: str = Field(description="Base64 Ed25519 signature of the canonical JSON without `signature`.")
+
+
+class ChainHeadOut(BaseModel):
+    """The audit chain's newest record, signed with the audit key (api/chain_head.py)."""
+
+    format: str
+    seq: int = Field(description="seq of the newest audit record.")
+    hash: str = Field(description="hash of the newest audit record.")
+    signed_at: str | None
+    signature: SignatureOut | None = Field(description="Over the canonical JSON of the other members.")
+
+
 class ChainOut(BaseModel):
     ok: bool
     checked: int
     total: int
     first_broken_seq: int | None
     reason: str | None
-    head_hash: str | None
-
-
-class SignatureOut(BaseModel):
-    alg: Literal["Ed25519"]
-    key_id: str
-    value: str = Field(description="Base64 Ed25519 signature of the canonical JSON without `signature`.")
+    head_hash: str | None = Field(description="hash of the newest record, when the chain is intact.")
+    head: ChainHeadOut | None = Field(description="The stored signed head the chain was checked against.")
+    missing_from_seq: int | None = Field(description="First seq of the records found missing, if any.")
+    missing_to_seq: int | None = Field(description="Last seq of the records found missing, if any.")
 
 
 class CertificateOut(BaseModel):

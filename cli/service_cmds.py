@@ -312,13 +312,68 @@ def audits_show(audit_id: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
     print_audit(audit)
 
 
+@audits_app.command("head")
+def audits_head(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the signed head to this file.")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """The audit chain's signed head (newest seq and hash). Keep heads outside the service and check them
+    with `audits verify --head FILE`: a chain that lost records behind a saved head fails."""
+    head = _call(_client(url, key).get, "/v1/audits/head")
+    if out is None:
+        _print_json(head)
+        return
+    out.write_text(json.dumps(head, indent=2) + "\n")
+    typer.echo(f"saved head seq {head['seq']} → {out}")
+
+
 @audits_app.command("verify")
-def audits_verify(url: UrlOpt = None, key: KeyOpt = None) -> None:
-    """Recompute the audit hash chain on the server; exit 1 if it is broken."""
-    result = _call(_client(url, key).get, "/v1/audits/verify")
+def audits_verify(
+    head: Annotated[
+        Path | None, typer.Option("--head", help="A head saved by `audits head --out`: the chain must contain it.")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="Check the saved head's signature offline too (PEM, or the JSON of GET /v1/keys/audit-public).",
+            envvar="UNLEARND_AUDIT_PUBLIC_KEY",
+        ),
+    ] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Recompute the audit hash chain on the server and check it ends at its signed head (and, with --head,
+    that it still contains a head you saved); exit 1 if it is broken."""
+    params: dict[str, Any] = {}
+    if head is not None:
+        saved = _saved_head(head, public_key)
+        params = {"head_seq": saved["seq"], "head_hash": saved["hash"]}
+    result = _call(_client(url, key).get, "/v1/audits/verify", **params)
     _print_json(result)
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+def _saved_head(path: Path, public_key: Path | None) -> dict:
+    """A saved head, its signature checked when a public key is given (exit 1 if it does not verify)."""
+    from api import certificates, chain_head
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: cannot read the head {path}: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        if public_key is not None:
+            chain_head.verify(doc, certificates.load_public_key(public_key.read_bytes()))
+        elif not isinstance(doc, dict) or type(doc.get("seq")) is not int or not isinstance(doc.get("hash"), str):
+            raise certificates.CertificateError("not a saved chain head")
+    except (certificates.CertificateError, ValueError, OSError) as e:
+        typer.echo(f"INVALID head {path}: {e}", err=True)
+        raise typer.Exit(1) from None
+    return doc
 
 
 def print_audit(audit: dict) -> None:

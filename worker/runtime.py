@@ -1,7 +1,8 @@
 """What a job needs from its process: settings, database sessions, the blob store and a worker identity.
 
 The thread dispatcher hands run_job the API's own runtime; a Celery worker builds one from the environment
-(`default_runtime`). The owner id names this process in leases, so a lease can be traced to its worker.
+(`default_runtime`). The owner id names this process in leases, so a lease can be traced to its worker. The
+sessions carry the audit signing key: a worker appends audit records (and signs the chain's head) too.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.blobs import BlobStore
+from api.certificates import load_signing_key
 from api.db import make_engine, make_session_factory
 from api.settings import Settings
 
@@ -32,9 +35,11 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, signing_key: Ed25519PrivateKey | None = None) -> Runtime:
+        """`signing_key` defaults to the configured one (api/certificates.load_signing_key)."""
+        key = signing_key or load_signing_key(settings)
         engine = make_engine(settings.resolved_database_url)
-        return cls(settings, engine, make_session_factory(engine), BlobStore(settings.resolved_blob_dir))
+        return cls(settings, engine, make_session_factory(engine, key), BlobStore(settings.resolved_blob_dir))
 
     @property
     def work_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""Audit records: filtered, cursor-paginated queries; one record; the hash chain's verification."""
+"""Audit records: filtered, cursor-paginated queries; one record; the hash chain's verification and its
+signed head."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from api import audit, certificates, schemas, security, views
+from api import audit, certificates, chain_head, schemas, security, views
 from api.deps import AUDIT_READ, AppSettings, AuditDep, Caller, DbSession, scope
+from api.errors import NotFound, invalid_query
 from api.models import VERDICTS, AdapterVersion, AuditRecord, ForgetRequest, utcnow
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from api.schemas import ID_PATTERN
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"], dependencies=[scope(AUDIT_READ)])
@@ -70,9 +72,34 @@ def _utc(value: datetime) -> datetime:
 
 
 @router.get("/verify", response_model=schemas.ChainOut)
-def verify(session: DbSession, caller: Caller) -> dict:
-    """Recompute the whole chain; `first_broken_seq` names the first record that was altered or removed."""
-    return audit.verify_chain(session)
+def verify(
+    session: DbSession,
+    caller: Caller,
+    request: Request,
+    head_seq: Annotated[
+        int | None, Query(ge=0, le=MAX_POSITION, description="`seq` of a head you saved (GET /v1/audits/head).")
+    ] = None,
+    head_hash: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$", description="`hash` of that saved head.")] = None,
+) -> dict:
+    """Recompute the whole chain and check that it ends at its signed head; `first_broken_seq` names the first
+    record that was altered or removed, `missing_from_seq`–`missing_to_seq` the records that are gone. Given a
+    head you saved earlier (`head_seq` and `head_hash`), also check the chain still contains it: a truncated
+    or rolled-back chain is reported with the missing range."""
+    if (head_seq is None) != (head_hash is None):
+        raise invalid_query(("head_seq", "head_hash"), "give both head_seq and head_hash, or neither")
+    saved = (head_seq, head_hash) if head_seq is not None and head_hash is not None else None
+    return audit.verify_chain(session, request.app.state.signing_key.public_key(), saved)
+
+
+@router.get("/head", response_model=schemas.ChainHeadOut)
+def head(session: DbSession, caller: Caller) -> dict:
+    """The chain's newest `seq` and `hash`, signed with the audit key at its last append. Save these outside
+    the service (like CloudTrail digest files): `GET /v1/audits/verify?head_seq=…&head_hash=…` later finds
+    a chain that lost records behind them, and the signature is checked offline with the audit public key."""
+    doc = chain_head.load(session)
+    if doc is None:
+        raise NotFound("the audit chain is empty: it has no head yet", details={"resource": "audit head"})
+    return doc
 
 
 @router.get("/{id}", response_model=schemas.AuditOut)

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select
 
+from api import certificates
 from api.app import create_app
 from api.archive import pack_dir
 from api.blobs import BlobStore
@@ -54,7 +55,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     settings = make_settings(tmp / "data", rate_limit_per_minute=0)  # 429s have their own tests
     upgrade_to_head(settings)
     engine = make_engine(settings.resolved_database_url)
-    sessions = make_session_factory(engine)
+    sessions = make_session_factory(engine, certificates.load_signing_key(settings))  # the app's key, once made
     with transaction(sessions) as session:
         tenant_id = ensure_tenant(session).id
         ensure_bootstrap_key(session, settings)
