@@ -7,6 +7,8 @@ states what it loads.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -111,12 +113,21 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+def reference_set_sha256(records: list[Any]) -> str:
+    """sha256 of a reference set's canonical JSON (sorted keys, no whitespace, UTF-8): shown instead of the set."""
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class BaseModel(Base):
     """A registered base model: where its weights are, their fingerprint, and its reference sets.
 
     `retain` (utility) and `holdout` (never trained on: the "as if never seen" reference of the stopping rule
-    and of membership inference) are stored as record dicts. The fingerprint is taken by the first worker
-    that loads the weights (the API never imports torch); later jobs fail if the weights changed under it.
+    and of membership inference) are stored as record dicts. They can be 100k records, so they are deferred:
+    only the worker loads them; the API shows their counts and sha256s, kept beside them by
+    `_summarise`. `source` is the name relative to its model root (api/model_sources.py). The
+    fingerprint is taken by the first worker that loads the weights (the API never imports torch); later jobs
+    fail if the weights changed under it.
     """
 
     __tablename__ = "base_models"
@@ -129,9 +140,20 @@ class BaseModel(Base):
     revision: Mapped[str | None] = mapped_column(String(200))
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     default_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    retain: Mapped[list[Any]] = mapped_column(default=list)
-    holdout: Mapped[list[Any]] = mapped_column(default=list)
+    retain: Mapped[list[Any]] = mapped_column(default=list, deferred=True)
+    holdout: Mapped[list[Any]] = mapped_column(default=list, deferred=True)
+    retain_count: Mapped[int] = mapped_column(Integer, default=0)
+    holdout_count: Mapped[int] = mapped_column(Integer, default=0)
+    retain_sha256: Mapped[str] = mapped_column(String(64), default=lambda: reference_set_sha256([]))
+    holdout_sha256: Mapped[str] = mapped_column(String(64), default=lambda: reference_set_sha256([]))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @validates("retain", "holdout")
+    def _summarise(self, key: str, records: list[Any]) -> list[Any]:
+        """Every assignment of a set updates its count and hash, so they can never disagree."""
+        setattr(self, f"{key}_count", len(records))
+        setattr(self, f"{key}_sha256", reference_set_sha256(records))
+        return records
 
 
 class ForgetRequest(Base):

@@ -130,6 +130,8 @@ class ModelOut(BaseModel):
     default_config: dict[str, Any]
     retain_count: int
     holdout_count: int
+    retain_sha256: str = Field(description="sha256 of the retain set's canonical JSON (the set is never shown).")
+    holdout_sha256: str = Field(description="sha256 of the holdout set's canonical JSON.")
     active_adapter: AdapterRef | None
     created_at: datetime
 

@@ -30,8 +30,10 @@ def model_out(session: Session, model: BaseModel) -> schemas.ModelOut:
         revision=model.revision,
         fingerprint=model.fingerprint,
         default_config=model.default_config,
-        retain_count=len(model.retain),
-        holdout_count=len(model.holdout),
+        retain_count=model.retain_count,
+        holdout_count=model.holdout_count,
+        retain_sha256=model.retain_sha256,
+        holdout_sha256=model.holdout_sha256,
         active_adapter=schemas.AdapterRef(id=active.id, version=active.version) if active else None,
         created_at=model.created_at,
     )

@@ -187,5 +187,7 @@ def test_a_chain_older_than_signed_heads_is_signed_at_the_next_start(tmp_path: P
         head = second.client.get("/v1/audits/head").raise_for_status().json()
         assert head["seq"] == 2 and head["signature"] is not None
         assert _verify(second)["ok"] is True
+        model = second.client.get(f"/v1/models/{model_id}").json()
+        assert model["retain_count"] == 0 and len(model["retain_sha256"]) == 64  # filled by the migration
     finally:
         stop_live(second)

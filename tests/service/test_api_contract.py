@@ -207,3 +207,41 @@ def test_audits_filter_by_subject_verdict_and_paginate(live: Live, model_id: str
     assert live.client.get("/v1/audits/verify").json()["ok"] is True
     metrics = live.client.get("/metrics").text
     assert 'unlearnd_jobs{status="failed"}' in metrics
+
+
+def test_listing_and_showing_models_never_loads_their_reference_sets(live: Live):
+    """List and show answer counts and hashes from their own columns: the sets (100k+ records each, seconds
+    to load per model) are not even selected."""
+    import hashlib
+    import json
+    import re
+
+    from sqlalchemy import event
+
+    retain = [{"text": f"Retained sentence number {i}."} for i in range(300)]
+    holdout = [{"prompt": f"Holdout {i} is", "completion": " unseen."} for i in range(200)]
+    body = {"name": "big-sets", "source": make_model_dir(live.settings, "big-sets"), "retain": retain}
+    model = live.client.post("/v1/models", json={**body, "holdout": holdout}).json()
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    engine = live.server.app.state.runtime.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        listed = live.client.get("/v1/models", params={"limit": 200}).json()["data"]
+        shown = live.client.get(f"/v1/models/{model['id']}").json()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    about_models = [s for s in statements if "base_models" in s]
+    assert about_models, statements
+    assert not any(re.search(r"base_models\.(retain|holdout)\b", s) for s in about_models), about_models
+
+    def digest(records: list[dict]) -> str:
+        return hashlib.sha256(json.dumps(records, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    assert next(m for m in listed if m["id"] == model["id"]) == shown
+    assert (shown["retain_count"], shown["holdout_count"]) == (300, 200)
+    assert (shown["retain_sha256"], shown["holdout_sha256"]) == (digest(retain), digest(holdout))
+    assert "retain" not in shown and "holdout" not in shown
