@@ -283,7 +283,7 @@ def adapters_download(
 def audits_list(
     subject: Annotated[str | None, typer.Option(help="Subject id as submitted.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model id.")] = None,
-    verdict: Annotated[str | None, typer.Option(help="forgotten | not_reached | failed")] = None,
+    verdict: Annotated[str | None, typer.Option(help="e.g. forgotten | not_reached | failed | cancelled")] = None,
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOpt = None,

@@ -27,7 +27,7 @@ from api.db import transaction
 from api.models import RUNNING, BaseModel, Job, utcnow
 from core.errors import Cancelled, CoreError, ModelLoadError
 from core.records import Probe, Record
-from worker import protocol, transitions
+from worker import protocol, scratch, transitions
 from worker.model_cache import model_cache
 from worker.publish import Built, LostLease, StaleParent, active_version, publish
 from worker.reporter import Heartbeat, JobReporter
@@ -128,8 +128,10 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
 
     set_cpu_threads(rt.settings.torch_threads)
     inputs = _load_inputs(rt, job_id)
-    work = rt.work_dir / f"{job_id}-{inputs.attempt}"
+    scratch.remove_earlier(rt.work_dir, job_id, inputs.attempt)  # a killed attempt could not remove its own
+    work = scratch.attempt_dir(rt.work_dir, job_id, inputs.attempt)
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
         previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
         config = UnlearnConfig.from_dict(inputs.config)  # the device is the worker's: see model_cache

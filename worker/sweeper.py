@@ -1,7 +1,8 @@
 """The sweeper: finds jobs that no live worker is running and dispatches them again (DESIGN §2).
 
 Runs once when a dispatcher starts (so a restarted service resumes its unfinished jobs) and then every
-`sweep_interval_seconds`. Jobs with no attempts left are failed here instead of being dispatched.
+`sweep_interval_seconds`. Jobs with no attempts left are failed here instead of being dispatched, and the
+scratch directories that killed attempts left behind are removed (worker/scratch.py).
 
 With a broker (Celery), every worker runs a sweeper and a message may wait in the queue for hours behind
 other jobs, so the broker mode re-dispatches more carefully, to avoid message storms:
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from api.db import transaction
 from api.models import QUEUED, Job, utcnow
-from worker import protocol, transitions
+from worker import protocol, scratch, transitions
 from worker.runtime import Runtime
 
 log = logging.getLogger("unlearnd.sweeper")
@@ -106,6 +107,7 @@ def sweep_once(
             return []
         for job_id in protocol.exhausted(session, now, settings.max_attempts):
             transitions.fail_if_exhausted(session, job_id, settings.max_attempts)
+        stale = scratch.stale_dirs(session, rt.work_dir)
         if broker is None:
             job_ids = protocol.dispatchable(session, now, cutoff, settings.max_attempts)
             protocol.mark_dispatched(session, job_ids, now)
@@ -128,6 +130,7 @@ def sweep_once(
             log.warning("could not dispatch %s", job_id, exc_info=True)
     if job_ids:
         log.info("re-dispatched %d job(s): %s", len(job_ids), ", ".join(job_ids))
+    scratch.remove(stale)
     return job_ids
 
 

@@ -2,8 +2,9 @@
 
 Every function takes a WHERE precondition on the job (usually "still leased by me") and does nothing when
 it no longer holds, so a stale worker cannot overwrite what another worker or a cancel already decided.
-A failed request gets a `failed` audit record; once a request's audit exists its payload is purged (the
-service must not stay a second copy of the data it was asked to erase).
+Every final outcome of a request is an audit record: `failed` and `cancelled` here, the published verdicts
+in worker/publish.py. Once a request's audit exists its payload is purged (the service must not stay a
+second copy of the data it was asked to erase).
 """
 
 from __future__ import annotations
@@ -115,23 +116,30 @@ def fail(session: Session, job_id: str, where: ColumnElement[bool], code: str, m
         lease_expires_at=None,
     ):
         return False
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
     add_event(session, job_id, message, level="error", data={"code": code})
-    for req in requests_of(session, job_id):
-        if session.scalar(select(AuditRecord.id).where(AuditRecord.request_id == req.id)) is None:
-            new_audit(session, req, job, verdict="failed", now=now, error=message)
+    _audit_outcome(session, job_id, "failed", now, error=message)
     set_requests(session, job_id, FAILED, error=message, final=True)
     return True
 
 
 def cancel_done(session: Session, job_id: str, where: ColumnElement[bool], message: str) -> bool:
+    """Job → cancelled, requests → cancelled with a `cancelled` audit each (the payload goes with it)."""
     now = utcnow()
     if not _transition(session, where, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
         return False
     add_event(session, job_id, message, level="warning")
+    _audit_outcome(session, job_id, "cancelled", now)
     set_requests(session, job_id, CANCELLED, final=True)
     return True
+
+
+def _audit_outcome(session: Session, job_id: str, verdict: str, now: datetime, **fields: Any) -> None:
+    """An audit record of `verdict` for each of the job's requests that has none yet."""
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    for req in requests_of(session, job_id):
+        if session.scalar(select(AuditRecord.id).where(AuditRecord.request_id == req.id)) is None:
+            new_audit(session, req, job, verdict=verdict, now=now, **fields)
 
 
 def release(session: Session, job_id: str, where: ColumnElement[bool], message: str, *, refund: bool = False) -> bool:

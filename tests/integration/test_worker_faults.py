@@ -47,6 +47,8 @@ def test_worker_killed_mid_unlearning_is_completed_once_by_a_new_worker(api: Api
     finally:
         first.kill()  # SIGKILL: no ack, no release; the lease runs out
     assert api.job(req["job_id"])["status"] == "running"
+    work = api.settings.data_dir.resolve() / "work"
+    assert (work / f"{req['job_id']}-1").is_dir()  # the killed attempt's scratch space, left behind
 
     second = WorkerProcess(api.settings, tmp_path / "second.log").start()
     try:
@@ -62,6 +64,7 @@ def test_worker_killed_mid_unlearning_is_completed_once_by_a_new_worker(api: Api
     assert [e["message"] for e in started] == ["attempt 1 of 3 started", "attempt 2 of 3 started"]
     assert str(first.proc.pid) in started[0]["data"]["worker"]
     assert str(second.proc.pid) in started[1]["data"]["worker"]
+    assert not list(work.glob(f"{req['job_id']}-*"))  # the new attempt removed it (and its own)
 
 
 def test_job_that_always_crashes_its_worker_fails_at_the_attempt_cap(api: Api, db: Runtime, tiny_world, tmp_path):

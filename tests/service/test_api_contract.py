@@ -209,6 +209,19 @@ def test_audits_filter_by_subject_verdict_and_paginate(live: Live, model_id: str
     assert 'unlearnd_jobs{status="failed"}' in metrics
 
 
+def test_a_cancelled_request_is_audited_and_listed(live: Live, model_id: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(live.server.app.state.dispatcher, "dispatch", lambda job_id: None)  # it stays queued
+    body = {"model_id": model_id, "subject": {"id": "canceller", "legal_basis": "x"}, "records": [{"text": "c"}]}
+    created = live.client.post("/v1/forget-requests", json=body).json()
+    cancelled = live.client.post(f"/v1/forget-requests/{created['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["verdict"] == "cancelled" and cancelled["audit_id"]
+    listed = live.client.get("/v1/audits", params={"subject": "canceller", "verdict": "cancelled"}).json()["data"]
+    assert [a["request_id"] for a in listed] == [created["id"]]
+    assert listed[0]["id"] == cancelled["audit_id"] and listed[0]["adapter_version_id"] is None
+    chain = live.client.get("/v1/audits/verify").json()
+    assert chain["ok"] is True and chain["head"]["seq"] >= listed[0]["seq"]
+
+
 def test_listing_and_showing_models_never_loads_their_reference_sets(live: Live):
     """List and show answer counts and hashes from their own columns: the sets (100k+ records each, seconds
     to load per model) are not even selected."""

@@ -246,7 +246,9 @@ def test_cancel_a_running_job_stops_it_without_publishing(
     cancelling = live.client.post(f"/v1/forget-requests/{req['id']}/cancel").json()
     assert cancelling["status"] in ("cancelling", "cancelled")
     final = live.wait(req["id"], timeout=60)
-    assert final["status"] == "cancelled" and final["adapter_version"] is None and final["audit_id"] is None
+    assert final["status"] == "cancelled" and final["adapter_version"] is None
+    audit = live.client.get(f"/v1/audits/{final['audit_id']}").json()  # the outcome is recorded, cancelled too
+    assert audit["verdict"] == final["verdict"] == "cancelled" and audit["adapter_sha256"] is None
     job = live.client.get(f"/v1/jobs/{req['job_id']}").json()
     assert job["status"] == "cancelled" and job["progress"]["step"] < 5000
     assert live.client.get(f"/v1/models/{slow_model_id}/adapters").json()["data"] == []

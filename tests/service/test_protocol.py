@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from api import schemas
+from api import audit, schemas
 from api.db import transaction
 from api.models import AdapterVersion, AuditRecord, ForgetRequest, Job, JobEvent, utcnow
 from api.security import create_api_key
@@ -194,3 +194,48 @@ def test_submission_commits_request_and_job_together(rt, tmp_path):
         assert decrypt_payload(rt.settings, req_id, req.payload)["records"] == [{"text": "record 0"}]
         with pytest.raises(Exception):  # noqa: B017 - bound to its request id
             decrypt_payload(rt.settings, "req_other", req.payload)
+
+
+def test_every_final_outcome_is_an_audit_record_cancelled_ones_too(rt, tmp_path):
+    """Cancelled while queued (the API's cancel) and cancelled while running (the worker stops at its next
+    step): each request gets a `cancelled` audit record in the chain, as it loses its payload."""
+    (queued_req, queued_job), (running_req, running_job) = _submit(rt, tmp_path, n=2)
+    with transaction(rt.sessions) as session:
+        assert transitions.request_cancel(session, session.get(Job, queued_job)) == "cancelled"
+    assert _claim(rt, running_job, "w")
+    with transaction(rt.sessions) as session:
+        assert transitions.request_cancel(session, session.get(Job, running_job)) == "cancelling"
+    with transaction(rt.sessions) as session:  # what run_job does when it sees the flag
+        assert transitions.cancel_done(session, running_job, protocol.owned(running_job, "w"), "cancelled by request")
+    with rt.sessions() as session:
+        for req_id, job_id in ((queued_req, queued_job), (running_req, running_job)):
+            record = session.scalar(select(AuditRecord).where(AuditRecord.request_id == req_id))
+            assert record is not None, "a cancelled request left no audit record"
+            assert record.verdict == "cancelled" and record.job_id == job_id and record.adapter_version_id is None
+            assert session.get(ForgetRequest, req_id).payload is None
+        result = audit.verify_chain(session)
+    assert result["ok"] and result["checked"] == 2
+
+
+def test_scratch_directories_of_attempts_that_cannot_run_are_removed(rt, tmp_path):
+    """A killed attempt leaves `<work>/<job>-<attempt>` (adapter weights) behind: the sweeper removes those of
+    finished or unknown jobs and of superseded attempts, a new attempt those of the job's earlier ones."""
+    from datetime import timedelta
+
+    from worker import scratch
+
+    (_, done), (_, rerun), (_, dead) = _submit(rt, tmp_path, n=3)
+    with transaction(rt.sessions) as session:
+        transitions.request_cancel(session, session.get(Job, done))
+    past = utcnow() - timedelta(hours=1)
+    assert _claim(rt, dead, "killed", now=past - timedelta(hours=1))  # attempt 1 killed, not yet claimed again
+    assert _claim(rt, rerun, "killed", now=past) and _claim(rt, rerun, "alive")  # attempt 1 killed, 2 runs
+    names = [f"{done}-1", f"{rerun}-1", f"{rerun}-2", f"{dead}-1", "job_0000-1", "not-an-attempt"]
+    for name in names:
+        (rt.work_dir / name / "adapter").mkdir(parents=True)
+        (rt.work_dir / name / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    sweep_once(rt, lambda job_id: None)
+    left = sorted(p.name for p in rt.work_dir.iterdir())
+    assert left == sorted([f"{rerun}-2", f"{dead}-1", "not-an-attempt"])
+    assert scratch.remove_earlier(rt.work_dir, dead, 2) == [rt.work_dir / f"{dead}-1"]  # its next attempt
+    assert sorted(p.name for p in rt.work_dir.iterdir()) == sorted([f"{rerun}-2", "not-an-attempt"])

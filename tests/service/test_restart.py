@@ -191,6 +191,7 @@ def test_serve_process_killed_mid_job_completes_the_job_once_after_restart(tmp_p
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert (data / "work" / f"{req['job_id']}-1").is_dir()  # the killed attempt's scratch space
     port = _free_port()
     proc = _serve(data, port)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
@@ -202,6 +203,7 @@ def test_serve_process_killed_mid_job_completes_the_job_once_after_restart(tmp_p
         proc.wait(timeout=60)
     assert final["status"] == "succeeded"
     assert job["attempts"] == 2
+    assert not list((data / "work").glob(f"{req['job_id']}-*"))  # removed by the second attempt
     messages = _assert_published_once(make_settings(data), req["job_id"], req["id"])
     assert [m for m in messages if m.startswith("attempt ")] == [
         "attempt 1 of 3 started",
