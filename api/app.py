@@ -54,11 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher.stop()
             rt.close()
 
+    docs = settings.docs_enabled  # UNLEARND_API_DOCS: the schema and its pages answer without a key, or not at all
     app = FastAPI(
         title="unlearnd",
         version="0.1.0",
         summary="Machine unlearning as a service: forget requests in, verified LoRA adapters and audits out.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     install_error_handlers(app)
 
@@ -67,7 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return idempotency.replay_response(exc)
 
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, body_read_timeout=settings.body_read_timeout_seconds
+    )
     for router in (
         models.router,
         forget_requests.router,

@@ -52,6 +52,13 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ApiError):
+    """The body was not received in full within UNLEARND_BODY_READ_TIMEOUT_SECONDS (api/guard.py)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class RateLimited(ApiError):
     status_code = 429
     code = "rate_limited"
@@ -125,6 +132,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -202,6 +210,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _described("Missing, unknown or revoked API key"),
     403: _described("The key lacks the scope this endpoint needs"),
     404: _described("Unknown id, or an id of another tenant"),
+    408: _described("The request body did not arrive within UNLEARND_BODY_READ_TIMEOUT_SECONDS"),
     409: _described("Conflict (duplicate, already finished, Idempotency-Key in flight)"),
     413: _described("Request body larger than UNLEARND_MAX_BODY_BYTES"),
     422: _described("Invalid body, query or header; a limit exceeded; Idempotency-Key reused"),

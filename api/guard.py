@@ -1,8 +1,11 @@
 """The request guard: a pure ASGI middleware in front of every route.
 
-1. **Body size** before anything parses it: a `Content-Length` above `max_body_bytes` is refused at once
-   (413), and a body without one (chunked) is counted while it streams and refused as soon as it passes the
-   limit. FastAPI reads whole bodies into memory and Starlette enforces no limit by itself.
+1. **Body size and time** before anything parses it: a `Content-Length` above `max_body_bytes` is refused at
+   once (413), and a body without one (chunked) is counted while it streams and refused as soon as it passes
+   the limit. A body not received in full within `body_read_timeout` seconds is refused (408) and the
+   connection closed, so a client that announces a length and stalls cannot hold a connection (and a
+   request's memory) indefinitely. FastAPI reads whole bodies into memory, and neither Starlette nor uvicorn
+   bounds how long that takes.
 2. **Idempotency capture**: for a POST with an `Idempotency-Key`, the buffered body is handed to the route's
    idempotency dependency (api/idempotency.py) and the response is held until it is stored, so a retry
    never sees "in flight" after the client already got its answer.
@@ -13,18 +16,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import idempotency
-from api.errors import error_body
+from api.errors import PayloadTooLarge, RequestTimeout, error_body
 
 _BODYLESS = ("GET", "HEAD", "OPTIONS")
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_read_timeout: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout = body_read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,16 +48,22 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await self._too_large(send)
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.body_read_timeout) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_body_bytes:
+                    await self._too_large(send)
+                    return
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            limit = self.body_read_timeout
+            message_text = f"the request body did not arrive within {limit:g} s"
+            await _error(send, RequestTimeout.status_code, RequestTimeout.code, message_text, {"timeout_s": limit})
+            return
         replay = _replaying(bytes(body), receive)
         if scope["method"] == "POST" and "idempotency-key" in headers:
             await self._idempotent(scope, replay, send, bytes(body))
@@ -61,7 +72,8 @@ class RequestGuard:
 
     async def _too_large(self, send: Send) -> None:
         limit = self.max_body_bytes
-        await _error(send, 413, "payload_too_large", f"request body larger than {limit} bytes", {"max_bytes": limit})
+        message = f"request body larger than {limit} bytes"
+        await _error(send, PayloadTooLarge.status_code, PayloadTooLarge.code, message, {"max_bytes": limit})
 
     async def _idempotent(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         from starlette.concurrency import run_in_threadpool

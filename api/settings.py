@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     # Security and compliance (README "Security and compliance"): limits, rate limit, idempotency, audit signing key.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413).")
+    body_read_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A request body not received in full by then is refused (408)."
+    )
+    api_docs: bool | None = Field(
+        None, description="Serve /docs, /redoc and /openapi.json (without a key); default: only in development."
+    )
     max_records_per_request: int = Field(1_000, ge=1, le=10_000, description="Records in one forget request.")
     max_record_chars: int = Field(20_000, ge=1, le=100_000, description="Characters of one record or probe.")
     max_probes_per_request: int = Field(200, ge=0, le=1_000, description="Probes in one forget request.")
@@ -101,6 +107,10 @@ class Settings(BaseSettings):
                 "UNLEARND_ENVIRONMENT=production"
             )
         return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.environment == "development"
 
     @property
     def resolved_signing_key_file(self) -> Path:

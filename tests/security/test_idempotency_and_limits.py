@@ -190,6 +190,7 @@ def small(tmp_path_factory: pytest.TempPathFactory):
         max_probes_per_request=2,
         rate_limit_per_minute=60,
         rate_limit_burst=5,
+        body_read_timeout_seconds=1.0,
     )
     yield lv
     stop_live(lv)
@@ -218,6 +219,31 @@ def test_an_oversized_content_length_is_413_before_the_body_is_sent(small: Live)
     # not one body byte sent: the announced length alone is refused
     answer = _raw_post(small, f"POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: {limit * 1000}\r\n\r\n")
     assert answer.startswith("HTTP/1.1 413") and "payload_too_large" in answer
+
+
+def test_a_stalled_body_is_408_and_the_connection_is_closed(small: Live):
+    """A client that announces a length and sends only part of it is answered 408 once the body read timeout
+    passes, and the server closes the connection (it does not wait for the rest indefinitely)."""
+    url = urlparse(small.url)
+    head = "POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(head.encode() + b'{"name": "stal')
+        answer = b""
+        while chunk := s.recv(4096):  # until the server closes the connection (a timeout here fails the test)
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
+    assert b"stal" not in answer  # nothing of the partial body is echoed
+    assert 0.9 <= waited < 8, waited
+    # a body that arrives in time, in pieces, is unaffected
+    body = json.dumps({"name": "in-time", "source": "nowhere"}).encode()
+    head = f"POST /v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+        s.sendall(head.encode() + b"\r\n" + body[:5])
+        time.sleep(0.3)
+        s.sendall(body[5:])
+        assert s.recv(4096).startswith(b"HTTP/1.1 401")  # read in full, then refused for the missing key
 
 
 def test_a_chunked_body_is_counted_while_it_streams(small: Live):

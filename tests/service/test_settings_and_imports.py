@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -47,6 +48,38 @@ def test_production_refuses_the_development_secret():
         Settings(environment="production")
     real = Settings(environment="production", secret_key="a-real-secret", audit_signing_key_file="/etc/k.pem")
     assert real.environment == "production"
+
+
+def _docs_status(tmp_path: Path, **overrides) -> set[int]:
+    """The statuses of /docs, /redoc and /openapi.json, asked without a key."""
+    import anyio
+
+    from api.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path / "data", **overrides))
+
+    async def ask() -> set[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return {(await client.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json")}
+
+    return anyio.run(ask)
+
+
+PRODUCTION = {"environment": "production", "secret_key": "a-real-secret", "audit_signing_key_file": "/etc/k.pem"}
+
+
+@pytest.mark.parametrize(
+    "overrides, status",
+    [
+        ({}, 200),  # development: the schema and its pages, without a key
+        ({"api_docs": False}, 404),
+        (PRODUCTION, 404),  # production: off unless the operator turns them on
+        ({**PRODUCTION, "api_docs": True}, 200),
+    ],
+)
+def test_api_docs_are_a_setting_off_by_default_in_production(tmp_path: Path, overrides: dict, status: int):
+    assert _docs_status(tmp_path, **overrides) == {status}
 
 
 def test_model_roots_come_from_a_path_list_or_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
