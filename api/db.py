@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.chain_head import SIGNING_KEY
@@ -78,6 +79,36 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any exception."""
     with factory() as session, session.begin():
         yield session
+
+
+class DatabaseMissing(Exception):
+    """The configured database does not exist, or the service did not create it."""
+
+
+def require_initialised(url: str) -> str:
+    """Check that `url` holds a database the service created (Alembic's version table in it), without
+    creating anything; return the URL as it may be shown (no password). Raise DatabaseMissing otherwise."""
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    hint = (
+        "run this on the server host with the server's UNLEARND_DATA_DIR (or UNLEARND_DATABASE_URL); "
+        "the server creates its database when it first starts"
+    )
+    if parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or not Path(parsed.database).is_file()
+    ):
+        raise DatabaseMissing(f"no unlearnd database at {shown}: {hint}")
+    engine = create_engine(url)  # not make_engine: it would create SQLite's directory
+    try:
+        with engine.connect() as conn:
+            initialised = inspect(conn).has_table("alembic_version")
+    except SQLAlchemyError as e:
+        raise DatabaseMissing(f"cannot open the database {shown} ({type(e).__name__}): {hint}") from None
+    finally:
+        engine.dispose()
+    if not initialised:
+        raise DatabaseMissing(f"{shown} is not an unlearnd database (no schema version in it): {hint}")
+    return shown
 
 
 def alembic_config(url: str) -> Any:

@@ -38,6 +38,15 @@ class ApiFailure(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+def _failure(r: httpx.Response) -> ApiFailure:
+    """The ApiFailure of an error response: its code and message, or its first 200 characters."""
+    try:
+        err = r.json()["error"]
+        return ApiFailure(r.status_code, err["code"], err["message"], err.get("details"))
+    except (ValueError, KeyError, TypeError):
+        return ApiFailure(r.status_code, "http_error", r.text[:200])
+
+
 class Client:
     def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 60.0) -> None:
         self.url = (url or os.environ.get("UNLEARND_URL") or DEFAULT_URL).rstrip("/")
@@ -48,18 +57,22 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response of a request that succeeded; ApiFailure for an error body or an unreachable server."""
         try:
             r = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise ApiFailure(0, "unreachable", f"cannot reach {self.url}: {e}") from None
+            raise self._unreachable(e) from None
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                raise ApiFailure(r.status_code, err["code"], err["message"], err.get("details"))
-            except (ValueError, KeyError, TypeError):
-                raise ApiFailure(r.status_code, "http_error", r.text[:200]) from None
+            raise _failure(r)
+        return r
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = self.send(method, path, **kwargs)
         return r.json() if r.content else None
+
+    def _unreachable(self, error: Exception) -> ApiFailure:
+        return ApiFailure(0, "unreachable", f"cannot reach {self.url}: {error}")
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -88,16 +101,18 @@ class Client:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "adapter.tar.gz"
-            with self.http.stream("GET", f"/v1/adapters/{adapter_id}/download") as r:
-                if r.status_code >= 400:
-                    r.read()
-                    err = r.json().get("error", {})
-                    raise ApiFailure(r.status_code, err.get("code", "http_error"), err.get("message", r.text))
-                header = r.headers.get("x-adapter-sha256")
-                with archive.open("wb") as fh:
-                    for chunk in r.iter_bytes():
-                        digest.update(chunk)
-                        fh.write(chunk)
+            try:
+                with self.http.stream("GET", f"/v1/adapters/{adapter_id}/download") as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise _failure(r)
+                    header = r.headers.get("x-adapter-sha256")
+                    with archive.open("wb") as fh:
+                        for chunk in r.iter_bytes():
+                            digest.update(chunk)
+                            fh.write(chunk)
+            except httpx.TransportError as e:
+                raise self._unreachable(e) from None
             actual = digest.hexdigest()
             if actual != meta["sha256"] or actual != header:
                 raise ApiFailure(0, "checksum_mismatch", f"sha256 {actual} ≠ expected {meta['sha256']}")

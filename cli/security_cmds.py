@@ -9,19 +9,14 @@ from typing import Annotated
 
 import typer
 
-from cli.service_cmds import KeyOpt, UrlOpt, _call, _client, keys_app
+from cli.service_cmds import KeyOpt, UrlOpt, _call, _client, keys_app, server_database
 
 certificate_app = typer.Typer(no_args_is_help=True, help="Signed unlearning certificates: fetch and verify.")
 
 
 def _sessions():
-    from api.db import make_engine, make_session_factory, upgrade_to_head
-    from api.settings import Settings
-
-    settings = Settings()
-    upgrade_to_head(settings)
-    engine = make_engine(settings.resolved_database_url)
-    return engine, make_session_factory(engine)
+    _, engine, sessions, _ = server_database()
+    return engine, sessions
 
 
 @keys_app.command("revoke")
@@ -87,11 +82,7 @@ def certificate_get(
 ) -> None:
     """Download the signed certificate of an audit record (byte for byte as served)."""
     client = _client(url, key)
-    r = client.http.get(f"/v1/audits/{audit_id}/certificate")
-    if r.status_code >= 400:
-        err = r.json().get("error", {}) if r.headers.get("content-type", "").startswith("application/json") else {}
-        typer.echo(f"error: {err.get('code', 'http_error')}: {err.get('message', r.text[:200])}", err=True)
-        raise typer.Exit(2)
+    r = _call(client.send, "GET", f"/v1/audits/{audit_id}/certificate")
     out.write_bytes(r.content)
     if public_key_out is not None:
         public_key_out.write_text(json.dumps(_call(client.get, "/v1/keys/audit-public"), indent=2))

@@ -111,26 +111,46 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key in the configured database and print it (it is shown only once)."""
-    from api.db import make_engine, make_session_factory, transaction, upgrade_to_head
+    from api.db import transaction
     from api.security import create_api_key, parse_scopes
-    from api.settings import Settings
 
     try:
         chosen = parse_scopes(scopes)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    settings = Settings()
-    upgrade_to_head(settings)
-    engine = make_engine(settings.resolved_database_url)
+    settings, engine, sessions, where = server_database()
     try:
-        with transaction(make_session_factory(engine)) as session:
+        with transaction(sessions) as session:
             row, key = create_api_key(session, settings, tenant=tenant, name=name, scopes=chosen)
             prefix = row.prefix
     finally:
         engine.dispose()
     typer.echo(key)
-    typer.echo(f"(prefix {prefix}, tenant {tenant}, scopes {','.join(chosen)}; store the key now)", err=True)
+    typer.echo(
+        f"(prefix {prefix}, tenant {tenant}, scopes {','.join(chosen)}, in the database {where}; store the key now)",
+        err=True,
+    )
+
+
+def server_database() -> tuple[Any, Any, Any, str]:
+    """(settings, engine, session factory, the database's URL without its password) of the server's database,
+    as `UNLEARND_*` name it. Exits 2 unless it exists and the server created it: run elsewhere (another
+    directory, without the server's `UNLEARND_DATA_DIR`), these commands would otherwise make a new empty
+    database, and a key created there is one the server rejects."""
+    from api.db import DatabaseMissing, make_engine, make_session_factory, require_initialised, upgrade_to_head
+    from api.settings import Settings
+
+    settings = Settings()
+    url = settings.resolved_database_url
+    try:
+        where = require_initialised(url)
+    except DatabaseMissing as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    upgrade_to_head(settings)  # a database the server created, perhaps by an older version
+    engine = make_engine(url)
+    return settings, engine, make_session_factory(engine), where
 
 
 # --- client commands ---------------------------------------------------------------------------------------

@@ -99,3 +99,48 @@ def test_cli_round_trip_submit_watch_download_audit(live: Live, service_world, j
     result = _run(live, "audits", "list", "--subject", "cli-person", "--json")
     assert result.exit_code == 0 and request_id in result.stdout and '"verdict": "forgotten"' in result.stdout
     assert _run(live, "audits", "verify").exit_code == 0
+
+
+def test_keys_commands_refuse_a_directory_without_the_servers_database(tmp_path: Path):
+    """Run from elsewhere (no UNLEARND_DATA_DIR), `keys create` used to make a new database in ./data and
+    print a key the server rejects; now it refuses, and creates nothing."""
+    empty = tmp_path / "not-the-server"
+    for args in (["keys", "create", "--name", "lost"], ["keys", "list"], ["keys", "revoke", "uk_00000000"]):
+        result = runner.invoke(app, args, env={"UNLEARND_DATA_DIR": str(empty)})
+        assert result.exit_code == 2, result.output
+        assert "no unlearnd database at sqlite:///" in result.output and "UNLEARND_DATA_DIR" in result.output
+        assert "uk_" not in result.stdout
+    assert not empty.exists()  # not even the directory
+
+
+def test_keys_create_says_which_database_the_key_went_into(live: Live):
+    result = _run(None, "keys", "create", "--name", "where", env={"UNLEARND_DATA_DIR": str(live.settings.data_dir)})
+    assert result.exit_code == 0, result.output
+    assert f"in the database {live.settings.resolved_database_url}" in result.stderr
+
+
+CLIENT_COMMANDS = [
+    ["certificate", "get", "aud_x", "--out", "cert.json"],
+    ["models", "list"],
+    ["models", "add", "m", "src"],
+    ["forget", "status", "req_x"],
+    ["forget", "cancel", "req_x"],
+    ["adapters", "list", "mdl_x"],
+    ["adapters", "download", "adp_x", "--out", "adapter"],
+    ["audits", "list"],
+    ["audits", "show", "aud_x"],
+    ["audits", "verify"],
+    ["audits", "head"],
+]
+
+
+@pytest.mark.parametrize("args", CLIENT_COMMANDS, ids=[" ".join(a[:2]) for a in CLIENT_COMMANDS])
+def test_every_client_command_with_the_server_unreachable_prints_one_line_and_exits_1(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # where --out files would go
+    result = runner.invoke(app, args, env={"UNLEARND_URL": "http://127.0.0.1:9", "UNLEARND_API_KEY": "k"})
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unreachable: cannot reach http://127.0.0.1:9"), lines
