@@ -239,3 +239,17 @@ def test_scratch_directories_of_attempts_that_cannot_run_are_removed(rt, tmp_pat
     assert left == sorted([f"{rerun}-2", f"{dead}-1", "not-an-attempt"])
     assert scratch.remove_earlier(rt.work_dir, dead, 2) == [rt.work_dir / f"{dead}-1"]  # its next attempt
     assert sorted(p.name for p in rt.work_dir.iterdir()) == sorted([f"{rerun}-2", "not-an-attempt"])
+
+
+def test_a_source_outside_the_workers_model_roots_fails_the_job(rt, tmp_path):
+    """The worker resolves the stored source against its own UNLEARND_MODEL_ROOTS at every job: a model row
+    whose source is not inside them (a legacy absolute path, a symlink swapped after registration) fails
+    with a clear error instead of loading whatever the path now names."""
+    from worker.runner import FAILED
+
+    [(req_id, job_id)] = _submit(rt, tmp_path)  # source: the test's tmp dir, not inside a model root
+    assert run_job(job_id, rt) == FAILED
+    job = _job(rt, job_id)
+    assert job.error_code == "model_load_failed" and "model roots (UNLEARND_MODEL_ROOTS)" in job.error
+    with rt.sessions() as session:
+        assert session.scalar(select(AuditRecord.verdict).where(AuditRecord.request_id == req_id)) == "failed"
