@@ -27,7 +27,9 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_healt
 
 @pytest.fixture(scope="module")
 def live(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    lv = start_live(tmp_path_factory.mktemp("pg-hostile") / "data", database_url=pg_url, rate_limit_per_minute=0)
+    lv = start_live(
+        tmp_path_factory.mktemp("pg-hostile") / "data", run_jobs=False, database_url=pg_url, rate_limit_per_minute=0
+    )
     yield lv
     stop_live(lv)
 
@@ -130,7 +132,7 @@ def test_a_populated_chain_is_migrated_and_signed_on_postgres(pg_url: str, tmp_p
     name = f"{pg_url.rsplit('/', 1)[1]}_heads"
     url = create_database(name)
     try:
-        first = start_live(tmp_path / "data", database_url=url)
+        first = start_live(tmp_path / "data", run_jobs=False, database_url=url)
         try:
             body = {"name": "old", "source": make_model_dir(first.settings, "old"), "retain": [{"text": "kept"}]}
             model_id = first.client.post("/v1/models", json=body).raise_for_status().json()["id"]

@@ -23,7 +23,7 @@ from .conftest import publish_request, sessions
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Its own server: these tests delete and put back audit records."""
-    lv = start_live(tmp_path_factory.mktemp("chain-head") / "data")
+    lv = start_live(tmp_path_factory.mktemp("chain-head") / "data", run_jobs=False)
     yield lv
     stop_live(lv)
 
@@ -172,7 +172,7 @@ def test_cli_saves_a_head_and_verifies_the_chain_against_it(live: Live, snapshot
 
 def test_a_chain_older_than_signed_heads_is_signed_at_the_next_start(tmp_path: Path):
     data = tmp_path / "data"
-    first = start_live(data)
+    first = start_live(data, run_jobs=False)
     try:
         body = {"name": "old", "source": make_model_dir(first.settings, "old")}
         model_id = first.client.post("/v1/models", json=body).raise_for_status().json()["id"]

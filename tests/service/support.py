@@ -62,11 +62,16 @@ class Live:
         return wait_for_request(self.client, request_id, timeout)
 
 
-def start_live(data_dir: Path, **overrides) -> Live:
+def start_live(data_dir: Path, *, run_jobs: bool = True, **overrides) -> Live:
+    """A live server; `run_jobs=False` stops its dispatcher (and sweeper) at once, for tests that publish
+    requests themselves (tests/security/conftest.publish_request): a running sweeper could claim such a
+    request's job between its creation and the test's own claim."""
     from api.server import ServerThread
 
     s = make_settings(data_dir, **overrides)
     server = ServerThread(s).start()
+    if not run_jobs:
+        server.app.state.dispatcher.stop()
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
     return Live(server.url, s, client, server)
 
