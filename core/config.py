@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from core.errors import InvalidInput
 
-METHODS = ("ihl", "ga", "gd", "kl", "npo")
+METHODS = ("ihl", "ga", "gd", "kl", "npo", "ctd")
 INITS = ("fila", "lora", "full")
 # Inits that produce a LoRA adapter on the unmodified base (what the service publishes).
 ADAPTER_INITS = ("fila", "lora")
+
+
+# Per-method defaults of the retain term: ctd's anchor needs more rows and weight to hold the retained records
+# while its targets are reached (measured on the demo world: README "Results"); the others keep the paper's λ=1.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "ctd": {"retain_weight": 3.0, "retain_batch_size": 32},
+    "*": {"retain_weight": 1.0, "retain_batch_size": 16},
+}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What "indistinguishable" and "kept" mean, in numbers (UnlearnConfig carries them per model and job)."""
+
+    alpha: float = 0.05
+    auc_tolerance: float = 0.1
+    tail_p: float = 0.05
+    max_retain_ma_drop: float = 0.03
+    min_retain_extraction_kept: float = 0.75
+    max_perplexity_ratio: float = 1.10
 
 
 @dataclass
@@ -20,14 +40,16 @@ class UnlearnConfig:
     NLL with Fisher-weighted LoRA, rank 8, stopping at the TDEC rule.
     """
 
-    method: str = "ihl"
+    method: str = "ctd"
     init: str = "fila"
     rank: int = 8
     alpha: float = 16.0
     lr: float = 1e-3
     batch_size: int = 8  # forget records per step
-    retain_batch_size: int = 16  # retain records per step (the λ·NLL(D_r) term)
-    retain_weight: float = 1.0  # λ
+    retain_batch_size: int | None = None  # retain records per step; None: the method's default (METHOD_DEFAULTS)
+    retain_weight: float | None = None  # λ of the retain term (ctd: the anchor's weight); None: the method's default
+    margin_weight: float = 1.0  # ctd: weight of the top-1 margin hinge inside the anchor (core/losses.py keep_top1)
+    holdout_calibration_share: float = 0.5  # share of the holdout that calibrates (and, for ctd, anchors)
     # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
     previous_kl_weight: float = 3.0
@@ -42,8 +64,19 @@ class UnlearnConfig:
     max_length: int = 256  # tokens per record; longer records are truncated
     eval_max_records: int = 200  # per evaluation set, for the before/after report
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32 | bf16 to force
+    # The verdict (core/verdict.py): what "indistinguishable from never-seen data" and "model kept" mean.
+    test_alpha: float = 0.05  # level of the two-sided Mann-Whitney U test per membership score
+    auc_tolerance: float = 0.1  # every score's AUC forget vs. holdout within 0.5 ± this
+    tail_p: float = 0.05  # no forget record more familiar than this share of the holdout (conformal p)
+    attack_prefix_tokens: list[int] = field(default_factory=lambda: [4, 8])  # short extraction prompts
+    max_retain_ma_drop: float = 0.03  # kept: retain MA at most this far below the original model's
+    min_retain_extraction_kept: float = 0.75  # kept: short-prefix retain extraction ≥ this share of the original's
+    max_perplexity_ratio: float = 1.10  # kept: holdout perplexity at most this multiple of the original's
 
     def __post_init__(self) -> None:
+        for name, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["*"]).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -60,6 +93,8 @@ class UnlearnConfig:
             ("batch_size", 1 <= self.batch_size <= 1024),
             ("retain_batch_size", 0 <= self.retain_batch_size <= 1024),
             ("retain_weight", 0 <= self.retain_weight <= 100),
+            ("margin_weight", 0 <= self.margin_weight <= 100),
+            ("holdout_calibration_share", 0 < self.holdout_calibration_share < 1),
             ("previous_kl_weight", 0 <= self.previous_kl_weight <= 100),
             ("max_steps", 1 <= self.max_steps <= 100_000),
             ("eval_every", 1 <= self.eval_every <= 100_000),
@@ -69,10 +104,37 @@ class UnlearnConfig:
             ("fisher_max_examples", 1 <= self.fisher_max_examples <= 100_000),
             ("max_length", 8 <= self.max_length <= 32_768),
             ("eval_max_records", 1 <= self.eval_max_records <= 100_000),
+            ("test_alpha", 0 < self.test_alpha < 1),
+            ("auc_tolerance", 0 < self.auc_tolerance <= 0.5),
+            ("tail_p", 0 <= self.tail_p < 1),
+            ("max_retain_ma_drop", 0 <= self.max_retain_ma_drop <= 1),
+            ("min_retain_extraction_kept", 0 <= self.min_retain_extraction_kept <= 1),
+            ("max_perplexity_ratio", 1 <= self.max_perplexity_ratio <= 100),
+            (
+                "attack_prefix_tokens",
+                isinstance(self.attack_prefix_tokens, list | tuple)
+                and len(self.attack_prefix_tokens) <= 8
+                and all(isinstance(k, int) and 1 <= k <= 4096 for k in self.attack_prefix_tokens),
+            ),
         ]
         for name, ok in checks:
             if not ok:
                 raise InvalidInput(f"{name}={getattr(self, name)!r} is out of range")
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(
+            alpha=self.test_alpha,
+            auc_tolerance=self.auc_tolerance,
+            tail_p=self.tail_p,
+            max_retain_ma_drop=self.max_retain_ma_drop,
+            min_retain_extraction_kept=self.min_retain_extraction_kept,
+            max_perplexity_ratio=self.max_perplexity_ratio,
+        )
+
+    @property
+    def attack_prefixes(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.attack_prefix_tokens)))
 
     @property
     def scaling(self) -> float:

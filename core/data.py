@@ -5,6 +5,7 @@ Tokenising once per job and slicing batches from the cached tensors keeps the lo
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ class Encoded:
 
     ids: list[int]
     prefix_len: int  # ids[:prefix_len] is the prompt/prefix, ids[prefix_len:] the target
+    prompted: bool = False  # a prompt/completion pair: the prompt is the only extraction prefix
+    zlib_bytes: int = 1  # zlib-compressed size of the target text (the zlib membership score's normaliser)
 
 
 @dataclass
@@ -81,7 +84,7 @@ def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_leng
         if len(ids) < 2:
             raise InvalidInput("a record is too short to unlearn (fewer than 2 tokens)")
         prefix = min(max(1, round(len(ids) * prefix_fraction)), len(ids) - 1)
-        return Encoded(ids, prefix)
+        return Encoded(ids, prefix, zlib_bytes=zlib_size(tokenizer.decode(ids, skip_special_tokens=True)))
     full = _ensure_eos(tokenizer, _ids(tokenizer, record.full_text, add_special=True))
     prompt = _ids(tokenizer, record.prompt or "", add_special=True)
     prompt = _strip_eos(tokenizer, prompt)
@@ -91,7 +94,14 @@ def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_leng
         k += 1
     k = max(1, min(k, len(full) - 1))
     full = full[:max_length]
-    return Encoded(full, min(k, len(full) - 1))
+    prefix = min(k, len(full) - 1)
+    completion = tokenizer.decode(full[prefix:], skip_special_tokens=True)
+    return Encoded(full, prefix, prompted=True, zlib_bytes=zlib_size(completion))
+
+
+def zlib_size(text: str) -> int:
+    """Bytes of the zlib-compressed text (at least 1): Carlini et al. 2021's reference entropy of a string."""
+    return max(1, len(zlib.compress(text.encode("utf-8"))))
 
 
 def _ensure_eos(tokenizer, ids: list[int]) -> list[int]:

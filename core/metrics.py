@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.data import IGNORE, TokenSet, encode_set
+from core.data import IGNORE, Encoded, TokenSet, encode_set
 from core.device import autocast
 from core.losses import shift, token_logprobs
 from core.records import Probe, Record
+from core.stats import auc
 
 
 # ---------------------------------------------------------------- pure definitions on tensors and lists
@@ -58,17 +59,6 @@ def ngram_overlap(generated: list[int], reference: list[int], n: int) -> float:
     gen = Counter(tuple(generated[i : i + n]) for i in range(len(generated) - n + 1))
     total = sum(ref.values())
     return sum(min(c, gen[g]) for g, c in ref.items()) / total if total else 0.0
-
-
-def auc(positive: list[float], negative: list[float]) -> float:
-    """P(score of a positive > score of a negative), ties count half (Mann–Whitney U / (n_pos·n_neg))."""
-    if not positive or not negative:
-        return float("nan")
-    pos = torch.tensor(positive, dtype=torch.float64)
-    neg = torch.tensor(negative, dtype=torch.float64)
-    greater = (pos[:, None] > neg[None, :]).sum().item()
-    ties = (pos[:, None] == neg[None, :]).sum().item()
-    return (greater + 0.5 * ties) / (len(positive) * len(negative))
 
 
 # ---------------------------------------------------------------- running a model
@@ -154,12 +144,17 @@ def greedy_continue(
     return out
 
 
+ATTACK_PREFIX_TOKENS = (4, 8)  # an adversary's short prompts: the first tokens (about the subject's name)
+
+
 @dataclass
 class SetMetrics:
     n: int
     ma: float
-    el10: float  # EL_n with the configured n (10 by default; the name is the report's)
-    extraction: float
+    el10: float  # EL_n with the configured n (10 by default; the name is the report's), from the half prefix
+    extraction: float  # share of records whose suffix some attack prefix reproduces exactly (the adversary's best)
+    extraction_short: float  # the same from the short prefixes only (the first few tokens)
+    extraction_half: float  # the same from the configured prefix (half a text record, a pair's prompt)
     perplexity: float
 
     def to_dict(self) -> dict:
@@ -168,19 +163,34 @@ class SetMetrics:
 
 @dataclass
 class SetScores:
-    """Metrics plus per-record scores (kept out of reports: they feed MIA and the stopping rule)."""
+    """Metrics plus per-record scores (kept out of reports: they feed membership tests and the verdict)."""
 
     metrics: SetMetrics
     loss: list[float]  # mean token NLL per record
-    min_k: list[float]
+    min_k: list[float]  # Min-20% log-prob per record
+    zlib: list[float]  # total NLL (nats) per zlib-compressed byte of the target text
+    ma: list[float]  # per record
+
+    def familiarity(self) -> dict[str, list[float]]:
+        """The three membership scores, oriented so that higher means "looks like training data": loss and zlib
+        are negated (Carlini et al. 2021; Shi et al. 2024 for Min-k%)."""
+        return {"loss": [-x for x in self.loss], "zlib": [-x for x in self.zlib], "min_k": list(self.min_k)}
 
 
 def evaluate_set(
-    model, ts: TokenSet, device: torch.device, *, el_n: int = 10, generate: bool = True, batch_size: int = 32
+    model,
+    ts: TokenSet,
+    device: torch.device,
+    *,
+    el_n: int = 10,
+    generate: bool = True,
+    batch_size: int = 32,
+    attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS,
 ) -> SetScores:
-    """All per-set metrics from one batched forward pass and (if `generate`) one greedy decode."""
+    """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode."""
+    nan = float("nan")
     if len(ts) == 0:
-        return SetScores(SetMetrics(0, float("nan"), float("nan"), float("nan"), float("nan")), [], [])
+        return SetScores(SetMetrics(0, nan, nan, nan, nan, nan, nan), [], [], [], [])
     was_training = model.training
     model.eval()
     ma, nll_sum, tok, min_k = [], [], [], []
@@ -192,42 +202,76 @@ def evaluate_set(
         tok.append(mask.sum(-1))
         min_k.append(min_k_from_logprobs(picked, mask))
     ma_t, nll_t, tok_t = torch.cat(ma), torch.cat(nll_sum), torch.cat(tok)
-    el, ext = generation_scores(model, ts, device, el_n) if generate else (float("nan"), float("nan"))
+    gen = generation_scores(model, ts, device, el_n, attack_prefixes) if generate else None
     if was_training:
         model.train()
     metrics = SetMetrics(
         n=len(ts),
         ma=float(ma_t.mean()),
-        el10=float(el),
-        extraction=float(ext),
+        el10=gen.el if gen else nan,
+        extraction=gen.extraction if gen else nan,
+        extraction_short=gen.extraction_short if gen else nan,
+        extraction_half=gen.extraction_half if gen else nan,
         perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
     )
     per_loss = (nll_t / tok_t.clamp_min(1)).tolist()
-    return SetScores(metrics, per_loss, torch.cat(min_k).tolist())
+    zlib = [float(n) / e.zlib_bytes for n, e in zip(nll_t.tolist(), ts.encoded, strict=True)]
+    return SetScores(metrics, per_loss, torch.cat(min_k).tolist(), zlib, ma_t.tolist())
 
 
-def generation_scores(model, ts: TokenSet, device: torch.device, el_n: int = 10) -> tuple[float, float]:
-    """(EL_n, exact extraction) of the set: one batched greedy decode of every suffix from its prefix."""
-    prefixes = [e.ids[: e.prefix_len] for e in ts.encoded]
-    suffixes = [e.ids[e.prefix_len :] for e in ts.encoded]
+def attack_prefix_lengths(e: Encoded, short: tuple[int, ...] = ATTACK_PREFIX_TOKENS) -> list[int]:
+    """Where an adversary starts greedy extraction: the first `short` tokens of a text (each shorter than the
+    configured prefix), then the configured prefix. A prompt/completion pair has one: its prompt."""
+    if e.prompted:
+        return [e.prefix_len]
+    return sorted({k for k in short if 1 <= k < e.prefix_len} | {e.prefix_len})
+
+
+@dataclass
+class Generation:
+    el: float  # EL_n from the configured prefix
+    extraction: float  # any prefix
+    extraction_short: float  # any prefix shorter than the configured one (texts); pairs count their prompt
+    extraction_half: float  # the configured prefix
+    extracted: list[bool]  # per record, any prefix
+
+
+def generation_scores(
+    model, ts: TokenSet, device: torch.device, el_n: int = 10, attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS
+) -> Generation:
+    """EL_n and exact extraction of the set: one batched greedy decode of every record's suffix from each of
+    its attack prefixes (`attack_prefix_lengths`). A record counts as extracted when any prefix reproduces
+    the rest of it token for token."""
+    rows: list[tuple[int, int]] = [
+        (i, k) for i, e in enumerate(ts.encoded) for k in attack_prefix_lengths(e, attack_prefixes)
+    ]
+    prefixes = [ts.encoded[i].ids[:k] for i, k in rows]
+    suffixes = [ts.encoded[i].ids[k:] for i, k in rows]
     was_training = model.training
     model.eval()  # no dropout while decoding
     try:
         gens = greedy_continue(model, prefixes, [len(s) for s in suffixes], device)
     finally:
         model.train(was_training)
-    el = sum(ngram_overlap(g, s, el_n) for g, s in zip(gens, suffixes, strict=True)) / len(ts)
-    ext = sum(g == s for g, s in zip(gens, suffixes, strict=True)) / len(ts)
-    return el, ext
+    n = len(ts)
+    hit_any, hit_short, hit_half, el = [False] * n, [False] * n, [False] * n, [0.0] * n
+    for (i, k), g, s in zip(rows, gens, suffixes, strict=True):
+        e, exact = ts.encoded[i], g == s
+        hit_any[i] |= exact
+        if k == e.prefix_len:
+            hit_half[i] = exact
+            el[i] = ngram_overlap(g, s, el_n)
+        if k < e.prefix_len or e.prompted:
+            hit_short[i] |= exact
+    return Generation(sum(el) / n, sum(hit_any) / n, sum(hit_short) / n, sum(hit_half) / n, hit_any)
 
 
 def mia(forget: SetScores, holdout: SetScores) -> dict[str, float]:
-    """Membership-inference AUC, forget (members) vs. holdout (never seen): 1.0 = perfectly told apart as
-    training data, 0.5 = indistinguishable (the goal), below 0.5 = forgotten "too much" (also detectable)."""
-    return {
-        "loss_auc": auc([-x for x in forget.loss], [-x for x in holdout.loss]),
-        "mink_auc": auc(forget.min_k, holdout.min_k),
-    }
+    """Membership-inference AUC, forget (members) vs. holdout (never seen), per score: 1.0 = perfectly told
+    apart as training data, 0.5 = indistinguishable (the goal), below 0.5 = forgotten "too much" (also
+    detectable). The verdict's full two-sample evidence is core/verdict.py."""
+    f, h = forget.familiarity(), holdout.familiarity()
+    return {f"{name}_auc": auc(f[name], h[name]) for name in ("loss", "zlib", "min_k")}
 
 
 def probe_accuracy(model, tokenizer, probes: list[Probe], device: torch.device) -> dict[str, float]:

@@ -7,13 +7,13 @@ removed, touched weights restored), so a worker can keep one loaded base model a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from core.config import UnlearnConfig
-from core.data import TokenSet, encode_set, tensorize
+from core.data import TokenSet, concat, encode_set, tensorize
 from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
 from core.export import WEIGHTS_NAME, rank_of, read_adapter, write_adapter
@@ -23,22 +23,48 @@ from core.losses import OBJECTIVES
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from core.modeling import LoadedModel, default_target_modules, find_targets
 from core.records import Probe, Record
-from core.unlearn import Adapted, CancelCheck, Progress, Thresholds, _never, _noop_progress, init_fila, prepare, train
+from core.unlearn import (
+    Adapted,
+    CancelCheck,
+    LoopResult,
+    Progress,
+    StoppingRule,
+    _never,
+    _noop_progress,
+    calibrate,
+    init_fila,
+    prepare,
+    train,
+)
+from core.verdict import UNVERIFIED, forgetting, outcome, utility
 
 
 @dataclass
 class ForgetResult:
     report: dict
-    adapter_dir: Path | None  # None for `full` (a whole model directory is written instead)
-    reached: bool
+    adapter_dir: Path | None  # None for `full` (a whole model directory is written), and when nothing was unlearned
+    reached: bool  # the forgetting conditions hold on the new version
+    outcome: str  # core/verdict.py: forgotten | not_memorised | not_reached | model_damaged | unverified
 
 
 @dataclass
 class Sets:
     forget: TokenSet
     retain: TokenSet
-    holdout: TokenSet
+    holdout: TokenSet  # the verdict's half of the holdout: never trained on, never anchored, never calibrated on
     retain_eval: TokenSet
+    reference: TokenSet  # the holdout's calibration half: targets (ctd) and the anchor on never-seen data
+
+
+def split_holdout(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(calibration, verdict) indices of a holdout of n records, a seeded split (split conformal practice):
+    the records that shape the targets and the anchor are never the ones the verdict tests against. Fewer
+    than 4 records: all go to the verdict."""
+    if n < 4:
+        return [], list(range(n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    k = min(n - 2, max(2, round(n * share)))
+    return sorted(order[:k]), sorted(order[k:])
 
 
 def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig) -> Sets:
@@ -46,24 +72,42 @@ def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig) -> Se
     retain_ts = encode_set(tokenizer, retain, **kw)
     gen = torch.Generator().manual_seed(config.seed)
     eval_idx = torch.randperm(len(retain), generator=gen)[: config.eval_max_records].sort().values.tolist()
+    holdout_ts = encode_set(tokenizer, holdout, **kw) if holdout else retain_ts.select([])
+    calibration, verdict = split_holdout(len(holdout_ts), config.holdout_calibration_share, config.seed)
     return Sets(
         forget=encode_set(tokenizer, forget, **kw),
         retain=retain_ts,
-        holdout=encode_set(tokenizer, holdout[: config.eval_max_records], **kw) if holdout else retain_ts.select([]),
+        holdout=holdout_ts.select(verdict[: config.eval_max_records]),
         retain_eval=retain_ts.select(eval_idx),
+        reference=holdout_ts.select(calibration),
     )
 
 
-def measure(model, tokenizer, sets: Sets, probes: list[Probe], config: UnlearnConfig, device) -> tuple[dict, SetScores]:
-    """Before/after block of the report: every set's metrics, MIA forget vs. holdout, probe accuracy."""
+def measure(
+    model, tokenizer, sets: Sets, probes: list[Probe], config: UnlearnConfig, device
+) -> tuple[dict, dict[str, SetScores]]:
+    """Before/after block of the report: every set's metrics (extraction from every attack prefix), the
+    membership AUCs forget vs. holdout, probe accuracy; and the per-record scores the verdict needs."""
     scores = {
-        name: evaluate_set(model, ts, device, el_n=config.el_n)
+        name: evaluate_set(model, ts, device, el_n=config.el_n, attack_prefixes=config.attack_prefixes)
         for name, ts in (("forget", sets.forget), ("retain", sets.retain_eval), ("holdout", sets.holdout))
     }
     block = {name: s.metrics.to_dict() for name, s in scores.items()}
     block["mia"] = mia(scores["forget"], scores["holdout"]) if len(sets.holdout) else None
     block["probes"] = probe_accuracy(model, tokenizer, probes, device) if probes else None
-    return block, scores["holdout"]
+    return block, scores
+
+
+def measure_original(model, sets: Sets, config: UnlearnConfig, device) -> dict:
+    """The original model's retain and holdout block (what "kept" compares with), for a job that starts from
+    an earlier version: the base alone, every adapter disabled."""
+    with model.disable_adapter():
+        return {
+            name: evaluate_set(
+                model, ts, device, el_n=config.el_n, attack_prefixes=config.attack_prefixes
+            ).metrics.to_dict()
+            for name, ts in (("retain", sets.retain_eval), ("holdout", sets.holdout))
+        }
 
 
 def run_forget(
@@ -117,7 +161,10 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
     # LoRA inits never write the base weights (core/unlearn.py `prepare`); `full` trains all of them.
     snapshot = {n: p.detach().clone() for n, p in model.state_dict().items()} if config.init == "full" else None
     anchored = bool(prev_delta)  # a cumulative job keeps the previous version's forgetting (core/losses.py)
+    bounds = config.bounds
     adapted: Adapted | None = None
+    loop: LoopResult | None = None
+    after = verdict_after = kept = adapter_info = adapter_dir = None
     try:
         sets = encode_sets(tokenizer, forget, retain, holdout, config)
         # The starting version: base + previous components, with a neutral trainable part.
@@ -125,82 +172,131 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
 
         progress("evaluating", 0, 2, {"when": "before"})
         with adapted.merged() as starting:
-            before, holdout_scores = measure(starting, tokenizer, sets, probes, config, device)
-        thresholds = Thresholds(holdout_scores.metrics.ma, holdout_scores.metrics.el10) if len(sets.holdout) else None
+            before, before_scores = measure(starting, tokenizer, sets, probes, config, device)
+        has_holdout = len(sets.holdout) > 0
+        verdict_before = forgetting(before_scores["forget"], before_scores["holdout"], bounds) if has_holdout else None
+        original = (
+            measure_original(adapted.model, sets, config, device) if prev_delta and config.init != "full" else before
+        )
         if should_cancel():
             raise Cancelled("cancelled before unlearning")
 
-        if config.init == "fila":
-            init_fila(adapted, config, sets.forget, sets.retain, device, progress, previous=prev_delta)
-        loop = train(
-            adapted,
-            sets.forget,
-            sets.retain,
-            config,
-            device,
-            thresholds=thresholds,
-            progress=progress,
-            should_cancel=should_cancel,
-            anchored=anchored,
-        )
-
-        progress("evaluating", 1, 2, {"when": "after"})
-        with adapted.merged() as trained:
-            after, _ = measure(trained, tokenizer, sets, probes, config, device)
-
-        progress("exporting", 0, 1, {})
-        if config.init == "full":
-            adapted.model.save_pretrained(str(out_dir))
-            tokenizer.save_pretrained(str(out_dir))
-            adapter_info, adapter_dir = {"kind": "full_model"}, None
-        else:
-            check_batch = _check_batch(sets)
-            trained_logits = _logits(adapted.model, check_batch, device)  # what the export must reproduce
-            delta = adapted.delta()  # cumulative: the previous version's components are in the factors
-            write_adapter(
-                out_dir,
-                delta,
-                base_model=loaded.source,
-                target_modules=target_modules,
-                fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
-                scale=config.scaling,
+        if verdict_before is None or not verdict_before.indistinguishable:
+            rule = (
+                StoppingRule(
+                    sets.holdout,
+                    bounds,
+                    config.el_n,
+                    config.attack_prefixes,
+                    retain=sets.retain_eval,
+                    original=original,
+                )
+                if has_holdout
+                else None
             )
-            rank = rank_of(delta)
-            adapter_info = {
-                "kind": "lora",
-                "rank": rank,
-                "alpha": config.scaling * rank,
-                "target_modules": target_modules,
-                "parent_rank": rank_of(prev_delta),
-                "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
-            }
-            adapter_dir = out_dir
-        progress("exporting", 1, 1, {})
+            objective = OBJECTIVES[config.method]
+            # A pure anchor may also hold the model's behaviour on the calibration half of the holdout.
+            anchor = (
+                concat([sets.retain, sets.reference])
+                if objective.anchors_reference and len(sets.reference)
+                else sets.retain
+            )
+            if config.init == "fila":
+                init_fila(adapted, config, sets.forget, anchor, device, progress, previous=prev_delta)
+            plan = (
+                calibrate(adapted.model, sets.forget, sets.reference, device, bounds.tail_p)
+                if objective.needs_forget_targets
+                else None
+            )
+            loop = train(
+                adapted,
+                sets.forget,
+                anchor,
+                config,
+                device,
+                rule=rule,
+                progress=progress,
+                should_cancel=should_cancel,
+                anchored=anchored,
+                targets=plan,
+            )
+
+            progress("evaluating", 1, 2, {"when": "after"})
+            with adapted.merged() as trained:
+                after, after_scores = measure(trained, tokenizer, sets, probes, config, device)
+            verdict_after = forgetting(after_scores["forget"], after_scores["holdout"], bounds) if has_holdout else None
+            kept = utility(original, after, bounds)
+
+            progress("exporting", 0, 1, {})
+            adapter_info, adapter_dir, check = _export(
+                adapted, sets, config, loaded, target_modules, targets, rank_of(prev_delta), device, out_dir
+            )
+            progress("exporting", 1, 1, {})
     finally:
         if adapted is not None:
             model = adapted.release()
         _restore(model, snapshot)
     if adapter_dir is not None:
         # Base + exported adapter must reproduce the trained model (DESIGN §5); checked on every job.
-        adapter_info["export_max_abs_diff"] = verify_export(model, adapter_dir, check_batch, trained_logits, device)
+        adapter_info["export_max_abs_diff"] = verify_export(model, adapter_dir, *check, device)
 
+    result = outcome(verdict_before, verdict_after, kept) if has_holdout else UNVERIFIED
     report = {
         "method": config.method,
         "init": config.init,
         "config": config.to_dict(),
         "model": {"source": loaded.source, "fingerprint": loaded.fingerprint},
         "retain_term": _retain_term_name(config, anchored),
-        "steps": loop.steps,
-        "reached": loop.reached,
+        "steps": loop.steps if loop else 0,
+        "reached": bool(verdict_after and verdict_after.indistinguishable),
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "trainable_params": loop.trainable_params,
-        "thresholds": {"ma": thresholds.ma, "el": thresholds.el} if thresholds else None,
+        "trainable_params": loop.trainable_params if loop else 0,
+        "verdict": {
+            "outcome": result,
+            "bounds": asdict(bounds),
+            "before": verdict_before.to_dict() if verdict_before else None,
+            "after": verdict_after.to_dict() if verdict_after else None,
+            "utility": kept.to_dict() if kept else None,
+        },
+        "original": {k: original[k] for k in ("retain", "holdout")},
         "before": before,
         "after": after,
         "adapter": adapter_info,
-        "history": loop.history,
+        "history": loop.history if loop else [],
     }
-    return ForgetResult(report, adapter_dir, loop.reached)
+    return ForgetResult(report, adapter_dir, report["reached"], result)
+
+
+def _export(
+    adapted: Adapted, sets: Sets, config: UnlearnConfig, loaded, target_modules, targets, parent_rank, device, out_dir
+):
+    """Write the new version: a whole model for `full`, else the cumulative LoRA (the previous version's
+    components are in the factors), with the logits the export must reproduce."""
+    if config.init == "full":
+        adapted.model.save_pretrained(str(out_dir))
+        loaded.tokenizer.save_pretrained(str(out_dir))
+        return {"kind": "full_model"}, None, None
+    check_batch = _check_batch(sets)
+    trained_logits = _logits(adapted.model, check_batch, device)  # what the export must reproduce
+    delta = adapted.delta()
+    write_adapter(
+        out_dir,
+        delta,
+        base_model=loaded.source,
+        target_modules=target_modules,
+        fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
+        scale=config.scaling,
+    )
+    rank = rank_of(delta)
+    info = {
+        "kind": "lora",
+        "rank": rank,
+        "alpha": config.scaling * rank,
+        "target_modules": target_modules,
+        "parent_rank": parent_rank,
+        "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
+    }
+    return info, out_dir, (check_batch, trained_logits)
 
 
 def _retain_term_name(config: UnlearnConfig, anchored: bool) -> str | None:

@@ -1,5 +1,5 @@
 """The unlearning loop: adapt the model (FILA, LoRA or full), optimise the chosen objective with AdamW, and
-stop at the TDEC rule — forget-set MA and EL_n at or below the never-seen holdout's.
+stop once the forget set is indistinguishable from the never-seen holdout (core/verdict.py).
 
 Progress and cancellation come in as callables so the worker can report to its database and stop between
 steps, without core knowing about either.
@@ -16,14 +16,16 @@ import torch
 from torch import nn
 
 from core import lora
-from core.config import UnlearnConfig
+from core.calibration import Calibration, ForgetTargets, holdout_profiles, token_levels
+from core.config import Bounds, UnlearnConfig
 from core.data import TokenSet, concat
 from core.device import autocast
 from core.errors import Cancelled, InvalidInput
 from core.export import Component, Delta, rank_of, stacked
 from core.fila import diagonal_fisher, fila_factors, relative_importance
-from core.losses import OBJECTIVES, LossInputs, sequence_logprob
-from core.metrics import evaluate_set, generation_scores
+from core.losses import OBJECTIVES, LossInputs, sequence_logprob, token_logprobs
+from core.metrics import SetScores, evaluate_set, forward_logits
+from core.verdict import Forgetting, Utility, forgetting, scores_pass, utility
 
 Progress = Callable[[str, int, int, dict], None]
 CancelCheck = Callable[[], bool]
@@ -38,14 +40,48 @@ def _never() -> bool:
 
 
 @dataclass
-class Thresholds:
-    """The holdout's scores: a forget set at or below them is "as unfamiliar as data never seen"."""
+class Check:
+    """One evaluation of the stopping rule: the forgetting verdict, the forget scores it came from, and (once
+    forgetting holds) whether the model was kept."""
 
-    ma: float
-    el: float
+    forgetting: Forgetting
+    forget: SetScores
+    utility: Utility | None = None
 
-    def reached(self, ma: float, el: float) -> bool:
-        return ma <= self.ma and el <= self.el
+    @property
+    def passed(self) -> bool:
+        return self.forgetting.indistinguishable and (self.utility is None or self.utility.kept)
+
+
+@dataclass
+class StoppingRule:
+    """The verdict (core/verdict.py), checked on the current model: per-record membership scores of the forget
+    set against the holdout, both re-scored now (the holdout moves with the model); only once those pass, the
+    greedy decodes for EL_n and extraction from every attack prefix; only once forgetting holds, the utility
+    half against the original model (`original`, a report block) on the retain sample. So a run that reaches
+    "indistinguishable" while its retain term is still repairing the damage goes on until both hold."""
+
+    holdout: TokenSet
+    bounds: Bounds
+    el_n: int = 10
+    attack_prefixes: tuple[int, ...] = (4, 8)
+    retain: TokenSet | None = None
+    original: dict | None = None
+
+    def check(self, model: nn.Module, forget_ts: TokenSet, device: torch.device) -> Check:
+        f = evaluate_set(model, forget_ts, device, el_n=self.el_n, generate=False)
+        h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
+        result = forgetting(f, h, self.bounds)
+        if not scores_pass(result):
+            return Check(result, f)
+        f = evaluate_set(model, forget_ts, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
+        h = evaluate_set(model, self.holdout, device, el_n=self.el_n, attack_prefixes=())  # EL_n needs one prefix
+        result = forgetting(f, h, self.bounds)
+        if not result.indistinguishable or self.retain is None or self.original is None or not len(self.retain):
+            return Check(result, f)
+        r = evaluate_set(model, self.retain, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
+        now = {"retain": r.metrics.to_dict(), "holdout": h.metrics.to_dict()}
+        return Check(result, f, utility(self.original, now, self.bounds))
 
 
 @dataclass
@@ -317,6 +353,7 @@ class LoopResult:
     reached: bool
     history: list[dict]
     trainable_params: int
+    last_check: Forgetting | None = None
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> Iterator[list[int]]:
@@ -337,17 +374,22 @@ def train(
     config: UnlearnConfig,
     device: torch.device,
     *,
-    thresholds: Thresholds | None,
+    rule: StoppingRule | None,
     progress: Progress = _noop_progress,
     should_cancel: CancelCheck = _never,
     anchored: bool = False,
+    targets: ForgetTargets | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
-    or `max_steps`. Without thresholds (no holdout set) it runs `max_steps` and never claims "reached".
+    or `max_steps`. Without a rule (no holdout set) it runs `max_steps` and never claims "reached".
 
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
-    `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`)."""
+    `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
+    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), fixed for the run:
+    the anchor on the holdout's calibration half keeps the never-seen reference where it was."""
     objective = OBJECTIVES[config.method]
+    if objective.needs_forget_targets and targets is None:
+        raise InvalidInput(f"method {config.method!r} needs the model's holdout set to calibrate its targets")
     anchor_weight = config.previous_kl_weight if anchored and objective.uses_retain else 0.0
     model = adapted.model
     params = adapted.trainable_parameters()
@@ -367,55 +409,83 @@ def train(
             ).float()
 
     history: list[dict] = []
+    last: list[Forgetting] = []
 
     def check(step: int, loss: float | None) -> bool:
-        """The stopping rule needs MA and EL_n; EL_n costs a greedy decode, so it is computed only when MA
-        already passes (otherwise the answer is "not yet" whatever EL is, and history records EL as None)."""
-        ma = evaluate_set(model, forget_ts, device, el_n=config.el_n, generate=False).metrics.ma
-        el = None
-        if thresholds is not None and ma <= thresholds.ma:
-            el, _ = generation_scores(model, forget_ts, device, config.el_n)
-        m = {"step": step, "loss": loss, "forget_ma": ma, "forget_el": el}
+        """The verdict's forgetting conditions on the current model (StoppingRule); history keeps the scores
+        of every check (the unlearning curve of the report) and which conditions still fail."""
+        if rule is None:
+            ma = evaluate_set(model, forget_ts, device, el_n=config.el_n, generate=False).metrics.ma
+            m = {"step": step, "loss": loss, "forget_ma": ma}
+            history.append(m)
+            progress("unlearning", step, config.max_steps, m)
+            return False
+        checked = rule.check(model, forget_ts, device)
+        result = checked.forgetting
+        last[:] = [result]
+        cond = {c.name: c.value for c in result.conditions}
+        m = {
+            "step": step,
+            "loss": loss,
+            "forget_ma": cond["ma"],
+            "forget_el": cond["el"] if result.generated else None,
+            **{f"{name}_auc": t.auc for name, t in result.scores.items()},
+            "failed": result.failed + (checked.utility.failed if checked.utility else []),
+        }
         history.append(m)
         progress("unlearning", step, config.max_steps, m)
-        return el is not None and thresholds.reached(ma, el)
+        return checked.passed
+
+    def result(steps: int, reached: bool) -> LoopResult:
+        return LoopResult(steps, reached, history, adapted.trainable_count(), last[0] if last else None)
 
     model.train()
     if check(0, None):
-        return LoopResult(0, True, history, adapted.trainable_count())
+        return result(0, True)
     step = 0
     reached = False
+    needs_ref = objective.needs_forget_targets or (
+        retain_batches is not None and (objective.needs_ref_retain_logits or anchor_weight > 0)
+    )
     for step in range(1, config.max_steps + 1):
         if should_cancel():
             raise Cancelled(f"cancelled at step {step - 1}")
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
         rb = retain_ts.select(next(retain_batches)).to(device) if retain_batches is not None else None
-        ref_retain_logits = None
-        if rb is not None and (objective.needs_ref_retain_logits or anchor_weight > 0):
+        # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
+        # on matmuls twice as tall (the step is launch-bound on small models).
+        both = concat([fb, rb]) if rb is not None else fb
+        n_f = fb.input_ids.size(0)
+        ref_logits = None
+        if needs_ref:
             # Before the trained forward: the FILA reference swaps weights in place, which must not
             # happen under a live autograd graph.
             with torch.no_grad(), autocast(device), adapted.reference() as ref:
-                ref_retain_logits = ref(input_ids=rb.input_ids, attention_mask=rb.attention_mask).logits
+                ref_logits = ref(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
         with autocast(device):
-            # One forward pass over the forget and retain rows together: half the kernel launches of two
-            # passes, on matmuls twice as tall (the step is launch-bound on small models).
-            both = concat([fb, rb]) if rb is not None else fb
             logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
-            n_f = fb.input_ids.size(0)
             inputs = LossInputs(
                 forget_logits=logits[:n_f, : fb.input_ids.size(1)],
                 forget_labels=fb.labels,
-                ref_retain_logits=ref_retain_logits,
                 retain_weight=config.retain_weight,
+                margin_weight=config.margin_weight,
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
             )
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
+            if targets is not None and ref_logits is not None:
+                inputs.ref_forget_logits = ref_logits[:n_f, : fb.input_ids.size(1)]
+                width = fb.input_ids.size(1) - 1
+                rows = torch.as_tensor(f_idx)
+                inputs.forget_target_logp = targets.target_logp[rows][:, :width].to(device)
+                inputs.forget_top1_allowed = targets.top1_allowed[rows][:, :width].to(device)
             if rb is not None:
                 inputs.retain_logits = logits[n_f:, : rb.input_ids.size(1)]
                 inputs.retain_labels = rb.labels
+                if ref_logits is not None:
+                    inputs.ref_retain_logits = ref_logits[n_f:, : rb.input_ids.size(1)]
             loss, parts = objective.fn(inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -428,4 +498,47 @@ def train(
         else:
             progress("unlearning", step, config.max_steps, {"step": step, "loss": float(loss.detach()), **parts})
     model.eval()
-    return LoopResult(step, reached, history, adapted.trainable_count())
+    return result(step, reached)
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module, forget_ts: TokenSet, reference_ts: TokenSet, device: torch.device, tail_p: float = 0.05
+) -> ForgetTargets:
+    """The `ctd` objective's targets (core/calibration.py) from the starting model: token levels and record
+    profiles on the holdout's calibration half (`reference_ts`), the forget tokens' starting log-probs."""
+    if len(reference_ts) < 2:
+        raise InvalidInput("calibrated unlearning needs at least 2 records in the holdout's calibration half")
+    h_logp, h_mask, h_top1 = _token_logprobs_of(model, reference_ts, device)
+    h_labels = reference_ts.labels[:, 1:]
+    levels = token_levels(h_labels[h_mask], h_logp[h_mask], _vocab_size(model))
+    profiles = holdout_profiles(h_labels, h_logp, h_top1, [e.zlib_bytes for e in reference_ts.encoded])
+    f_logp, _, _ = _token_logprobs_of(model, forget_ts, device)
+    calibration = Calibration(
+        forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p
+    )
+    return calibration.targets(profiles)
+
+
+def _token_logprobs_of(
+    model: nn.Module, ts: TokenSet, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shifted target log-probs, mask and argmax hits (B×(T−1), on the CPU) of a whole set, batch by batch."""
+    width = ts.input_ids.size(1) - 1
+    out_logp, out_mask, out_top1 = [], [], []
+    was_training = model.training
+    model.eval()
+    for start, logits in zip(range(0, len(ts), 32), forward_logits(model, ts, device, 32), strict=True):
+        labels = ts.labels[start : start + 32, : logits.size(1)].to(device)
+        picked, mask = token_logprobs(logits, labels)
+        pad = width - picked.size(1)
+        out_logp.append(torch.nn.functional.pad(picked.float().cpu(), (0, pad)))
+        out_mask.append(torch.nn.functional.pad(mask.cpu(), (0, pad)))
+        top1 = logits[:, :-1].argmax(-1) == labels[:, 1:]
+        out_top1.append(torch.nn.functional.pad(top1.cpu(), (0, pad)))
+    model.train(was_training)
+    return torch.cat(out_logp), torch.cat(out_mask), torch.cat(out_top1)
+
+
+def _vocab_size(model: nn.Module) -> int:
+    return int(model.get_output_embeddings().weight.size(0))

@@ -94,7 +94,7 @@ def train_memorise(
         sched.step()
         loss = float(out.loss.detach())
         if step % spec.check_every == 0 and step >= spec.warmup:
-            extraction = evaluate_set(model, probe, device).metrics.extraction
+            extraction = evaluate_set(model, probe, device, attack_prefixes=()).metrics.extraction_half
             model.train()
             log(f"step {step:5d}  loss {loss:.4f}  extraction {extraction:.3f}")
             if extraction >= spec.target_extraction:

@@ -1,0 +1,222 @@
+"""How unlikely should each forget token become? Targets calibrated against the never-seen holdout.
+
+A forget record is memorised where the model is more confident than it would be about a stranger's record:
+the phone number, the birth date, the rare name — not the template words it shares with everyone. The holdout
+says what "a stranger's record" looks like to this model, at two levels:
+
+- **tokens**: the mean log-probability the starting model gives each token id when it is a target in a holdout
+  record, shrunk towards the holdout's overall mean by its count (empirical Bayes, `prior_strength`
+  pseudo-tokens) — a token id the holdout never shows falls back to the overall mean. A forget token's
+  *excess familiarity* is how far its log-probability lies above that level: `e_t = max(0, a_t − s_t)`;
+- **records**: the holdout's per-record losses. The forget records, ranked by how hard their tokens are for a
+  stranger, are given the holdout's loss quantiles `(i + ½)/n` as targets, so that after unlearning the forget
+  losses are spread like the holdout's — AUC ≈ 0.5 by construction, neither more familiar nor abnormally
+  unfamiliar.
+
+Each record's push `λ_i` scales its excess so that its mean NLL reaches its quantile target:
+`a*_t = a_t − λ_i·e_t`, `λ_i = clamp((L*_i − mean(−a)) / mean(e), 0, max_push)`. Tokens with no excess keep their
+starting probability (the objective then anchors them), so the template shared with retained records is left
+alone. Pure tensor code: the inputs are token log-probs the caller computed with the starting model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.data import IGNORE
+
+
+@dataclass
+class TokenLevels:
+    """Per-token-id mean log-probability on the holdout, shrunk towards the overall mean."""
+
+    level: torch.Tensor  # (V,) float: s(v)
+    overall: float
+
+    def of(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.level[ids.clamp(0, self.level.numel() - 1)]
+
+
+def token_levels(ids: torch.Tensor, logp: torch.Tensor, vocab_size: int, prior_strength: float = 2.0) -> TokenLevels:
+    """`ids`, `logp`: target token ids and their log-probabilities on the holdout (flat, real targets only)."""
+    ids = ids.long().flatten()
+    logp = logp.double().flatten()
+    overall = float(logp.mean()) if logp.numel() else 0.0
+    total = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, ids, logp)
+    count = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, ids, torch.ones_like(logp))
+    level = (total + prior_strength * overall) / (count + prior_strength)
+    return TokenLevels(level.float(), overall)
+
+
+@dataclass
+class Calibration:
+    """The forget tokens, their starting log-probabilities and zlib sizes, and the token levels: what the
+    targets are derived from, with the holdout's profiles (`targets`)."""
+
+    labels: torch.Tensor
+    start_logp: torch.Tensor
+    levels: TokenLevels
+    zlib_bytes: list[int]
+    tail_p: float = 0.05
+
+    def targets(self, profiles: list[Profile]) -> ForgetTargets:
+        return forget_targets(self.labels, self.start_logp, self.levels, profiles, self.zlib_bytes, tail_p=self.tail_p)
+
+
+@dataclass
+class ForgetTargets:
+    """Target log-probability of every forget target token (B×(T−1), aligned with the shifted labels, 0 where
+    there is no target), which tokens may stay the model's top-1 guess, and the plan behind it (for reports)."""
+
+    target_logp: torch.Tensor
+    top1_allowed: torch.Tensor  # bool B×(T−1): False where the label must stop being the argmax
+    record_target_loss: list[float]
+    record_start_loss: list[float]
+    donor: list[int]  # the holdout record whose profile each forget record takes
+
+
+@dataclass
+class Profile:
+    """A holdout record as the scores see it: its target log-probabilities sorted ascending, and how many of
+    its tokens were the model's top-1 guess (its MA, as a count)."""
+
+    logp: torch.Tensor
+    top1: int
+    zlib_bytes: int = 1
+
+    @property
+    def loss(self) -> float:
+        return float(-self.logp.mean())
+
+    def familiarity(self, min_k: float = 0.2) -> tuple[float, float, float]:
+        """(−loss, −zlib, Min-k%), as core/metrics.py scores a record."""
+        k = max(1, int(self.logp.numel() * min_k))
+        return -self.loss, float(self.logp.sum()) / self.zlib_bytes, float(self.logp[:k].mean())
+
+
+def holdout_profiles(
+    labels: torch.Tensor, logp: torch.Tensor, top1: torch.Tensor, zlib_bytes: list[int] | None = None
+) -> list[Profile]:
+    """Profiles of the holdout records from shifted labels, their log-probs and argmax hits (B×T')."""
+    mask = labels != IGNORE
+    zb = zlib_bytes or [1] * labels.size(0)
+    return [
+        Profile(logp[i][mask[i]].sort().values, int((top1[i] & mask[i]).sum()), zb[i]) for i in range(labels.size(0))
+    ]
+
+
+def donor_pool(profiles: list[Profile], tail_p: float) -> list[int]:
+    """The holdout records a forget record may imitate: in no score's tails. A copy of a record the verdict's
+    tail check would flag (its conformal p below `tail_p`, with a factor 2 of slack for the fit's error)
+    would fail it by construction; the same share is cut from the unfamiliar end, so the pool stays centred
+    (cutting one side only shifts every score's AUC below 0.5). Sorted by loss, ascending."""
+    fam = torch.tensor([p.familiarity() for p in profiles])  # n × 3
+    n = len(profiles)
+    above = (fam[None, :, :] >= fam[:, None, :]).sum(1) - 1  # per record and score: others at least as familiar
+    below = (fam[None, :, :] <= fam[:, None, :]).sum(1) - 1
+    copy_p = (2 + torch.minimum(above, below)) / (n + 1)  # a forget record equal to it, against the whole holdout
+    ok = (copy_p >= 2 * tail_p).all(1).tolist()
+    pool = [j for j in range(n) if ok[j]] or list(range(n))
+    return sorted(pool, key=lambda j: profiles[j].loss)
+
+
+def forget_targets(
+    labels: torch.Tensor,
+    start_logp: torch.Tensor,
+    levels: TokenLevels,
+    profiles: list[Profile],
+    zlib_bytes: list[int] | None = None,
+    min_k: float = 0.2,
+    tail_p: float = 0.05,
+) -> ForgetTargets:
+    """Targets for the forget set (module docstring). `labels` (B×T') and `start_logp` (B×T', the starting
+    model's log p of each label, 0 where masked) are shifted as `core.losses.token_logprobs` returns them."""
+    mask = labels != IGNORE
+    stranger = levels.of(labels.clamp_min(0))
+    # How unpredictable each token would be for a stranger, never less than it already is.
+    hardness = torch.minimum(stranger, start_logp)
+    count = mask.sum(1).clamp_min(1)
+    start_loss = -(start_logp * mask).sum(1) / count
+    stranger_loss = -(stranger * mask).sum(1) / count
+    donors = donor_pool(profiles, tail_p)
+    zb = zlib_bytes or [1] * labels.size(0)
+    n = labels.size(0)
+    target = start_logp.clone()
+    allowed = torch.zeros_like(mask)
+    chosen = [0] * n
+    for rank, i in enumerate(stranger_loss.argsort().tolist()):  # harder for a stranger → a higher-loss donor
+        j = donors[min(len(donors) - 1, int((rank + 0.5) / n * len(donors)))]
+        chosen[i] = j
+        pos = mask[i].nonzero().squeeze(-1)
+        d = profiles[j]
+        # The loss that matches the donor's loss and the one that matches its zlib score differ by how many
+        # tokens each record has per compressed byte; meet half-way (geometric mean), so neither AUC drifts.
+        density = (d.logp.numel() / d.zlib_bytes) / (pos.numel() / zb[i]) if zlib_bytes else 1.0
+        profile = fit_profile(d.logp, pos.numel(), min_k, mean=-d.loss * density**0.5)  # ascending
+        order = hardness[i, pos].argsort()  # the hardest token takes the profile's lowest log-prob
+        t = torch.empty(pos.numel())
+        t[order] = profile
+        target[i, pos] = torch.minimum(t, start_logp[i, pos])  # never more likely than it started
+        keep = int(d.top1 * pos.numel() / d.logp.numel())  # the donor's MA, rounded down
+        if keep:
+            allowed[i, pos[order[-keep:]]] = True  # the easiest tokens may stay the top-1 guess
+    target = target * mask
+    return ForgetTargets(target, allowed, (-target.sum(1) / count).tolist(), start_loss.tolist(), chosen)
+
+
+def fit_profile(donor: torch.Tensor, n: int, min_k: float = 0.2, mean: float | None = None) -> torch.Tensor:
+    """The donor's sorted log-probs carried to `n` tokens so that the two summary scores built from them come
+    out the same: the mean (loss; `mean` overrides it) and the mean of the lowest `max(1, ⌊k·n⌋)` (Min-k%).
+    The lowest part and the rest are resampled separately and each shifted to its mean (log-probs stay ≤ 0)."""
+    m = donor.numel()
+    k_d, k_n = max(1, int(m * min_k)), max(1, int(n * min_k))
+    low, high = donor[:k_d], donor[k_d:]
+    low_n = _resample(low, k_n)
+    low_n = low_n + (low.mean() - low_n.mean())
+    if n == k_n:
+        return low_n
+    overall = donor.mean() if mean is None else torch.tensor(mean)
+    rest_mean = (overall * n - low_n.sum()) / (n - k_n)  # keeps the overall mean
+    high_n = _resample(high if high.numel() else low[-1:], n - k_n)
+    high_n = (high_n + (rest_mean - high_n.mean())).clamp_max(0.0)
+    return torch.cat([low_n, high_n]).sort().values
+
+
+def _resample(sorted_values: torch.Tensor, n: int) -> torch.Tensor:
+    """A sorted profile of another length, by linear interpolation of its quantiles."""
+    m = sorted_values.numel()
+    if m == n:
+        return sorted_values.clone()
+    if m == 1:
+        return sorted_values.expand(n).clone()
+    pos = torch.linspace(0, m - 1, n)
+    lo = pos.floor().long().clamp_max(m - 1)
+    hi = (lo + 1).clamp_max(m - 1)
+    frac = pos - lo
+    return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
+
+
+def calibrated_logprob_error(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_logp: torch.Tensor,
+    top1_allowed: torch.Tensor,
+    margin: float = 0.1,
+) -> torch.Tensor:
+    """Mean over forget target tokens of `(log p_θ(y_t) − a*_t)²`, each token's log-probability pulled to its
+    calibrated target from either side (so it stops where a stranger's would be), plus, where the label may
+    no longer be the top-1 guess, the hinge `max(0, log p(y_t) − max_{v≠y_t} log p(v) + margin)` — the
+    memorisation-accuracy half of the profile (IHL's idea, Cha et al. 2024, on the tokens that need it only)."""
+    lg, lb = logits[:, :-1].float(), labels[:, 1:]
+    width = lb.size(1)
+    mask = lb != IGNORE
+    logp_all = torch.log_softmax(lg, -1)
+    idx = lb.clamp_min(0).unsqueeze(-1)
+    logp = logp_all.gather(-1, idx).squeeze(-1)
+    pen = (logp - target_logp[:, :width].to(logp.dtype)).square() * mask
+    runner_up = logp_all.scatter(-1, idx, float("-inf")).amax(-1)
+    demote = mask & ~top1_allowed[:, :width].to(mask.device)
+    hinge = (logp - runner_up + margin).clamp_min(0) * demote
+    return (pen.sum() + hinge.sum()) / mask.sum().clamp_min(1)
