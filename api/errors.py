@@ -111,6 +111,13 @@ class InvalidConfig(ApiError):
     code = "invalid_config"
 
 
+class HoldoutRequired(ApiError):
+    """The method calibrates against the model's holdout set (never-seen records) and the model has too few."""
+
+    status_code = 422
+    code = "holdout_required"
+
+
 class InvalidModelSource(ApiError):
     status_code = 422
     code = "invalid_model_source"

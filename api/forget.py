@@ -7,10 +7,10 @@ from sqlalchemy.orm import Session
 
 from api import limits, schemas, security
 from api.crypto import encrypt_payload
-from api.errors import InvalidConfig, NotFound
+from api.errors import HoldoutRequired, InvalidConfig, NotFound
 from api.models import ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
 from api.settings import Settings
-from core.config import ADAPTER_INITS, UnlearnConfig
+from core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, UnlearnConfig
 from core.errors import InvalidInput
 
 
@@ -47,6 +47,12 @@ def create(
     if model is None or model.tenant_id != caller.tenant_id:
         raise NotFound("model not found", details={"resource": "model"})
     config = resolve_config(model, body)
+    if config["method"] in NEEDS_HOLDOUT and model.holdout_count < MIN_HOLDOUT:
+        raise HoldoutRequired(
+            f"method {config['method']!r} calibrates against the model's holdout set (records it never saw), "
+            f"which needs at least {MIN_HOLDOUT} records; register them with the model or choose another method",
+            details={"holdout_count": model.holdout_count, "required": MIN_HOLDOUT},
+        )
     records = [r.to_record() for r in body.records]
     salt = security.new_salt()
     req_id = new_id("req")

@@ -49,7 +49,7 @@ QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
 ACTIVE_STATUSES = (QUEUED, RUNNING, CANCELLING)
 FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 # Audit verdicts written today; the column is a free string (the filter too), so new verdicts need no migration.
-VERDICTS = ("forgotten", "not_reached", "failed", "cancelled")
+VERDICTS = ("forgotten", "not_memorised", "not_reached", "model_damaged", "unverified", "failed", "cancelled")
 ADAPTER_STATUSES = ("active", "superseded", "revoked")
 
 

@@ -81,6 +81,23 @@ class ConfigIn(_In):
     fisher_max_examples: int | None = Field(None, ge=1, le=100_000)
     max_length: int | None = Field(None, ge=8, le=32_768)
     eval_max_records: int | None = Field(None, ge=1, le=100_000)
+    margin_weight: float | None = Field(None, ge=0, le=100, description="ctd: weight of the anchor's top-1 hinge.")
+    holdout_calibration_share: float | None = Field(
+        None, gt=0, lt=1, description="Share of the holdout the anchor holds; the rest is the verdict's."
+    )
+    test_alpha: float | None = Field(None, gt=0, lt=1, description="Verdict: level of the two-sided U test.")
+    auc_tolerance: float | None = Field(None, gt=0, le=0.5, description="Verdict: every AUC within 0.5 ± this.")
+    tail_p: float | None = Field(None, ge=0, lt=1, description="Verdict: family-wise level of the tail check.")
+    attack_prefix_tokens: list[int] | None = Field(
+        None, max_length=8, description="Extraction is attacked from these first-token counts too."
+    )
+    max_retain_ma_drop: float | None = Field(None, ge=0, le=1, description="Kept: retain MA drop at most.")
+    min_retain_extraction_kept: float | None = Field(
+        None, ge=0, le=1, description="Kept: short-prefix retain extraction at least this share of the original's."
+    )
+    max_perplexity_ratio: float | None = Field(
+        None, ge=1, le=100, description="Kept: holdout perplexity at most this multiple of the original's."
+    )
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

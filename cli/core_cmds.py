@@ -51,11 +51,11 @@ def unlearn(
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write (with report.json).")],
     retain: Annotated[Path | None, typer.Option("--retain", help="JSONL of records to keep.")] = None,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="JSONL of never-trained records.")] = None,
-    method: Annotated[str, typer.Option(help="ihl | ga | gd | kl | npo")] = "ihl",
+    method: Annotated[str, typer.Option(help="ctd (default: needs --holdout) | ihl | ga | gd | kl | npo")] = "ctd",
     init: Annotated[str, typer.Option(help="fila | lora | full")] = "fila",
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2·rank).")] = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")] = None,
     max_steps: Annotated[int, typer.Option("--max-steps", help="Step budget.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     previous: Annotated[Path | None, typer.Option(help="Adapter this one builds on (cumulative).")] = None,
@@ -99,7 +99,10 @@ def unlearn(
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result.report, indent=2))
     _print_summary(result.report)
-    typer.echo(f"adapter written to {out}")
+    if result.adapter_dir is not None:
+        typer.echo(f"adapter written to {out}")
+    else:
+        typer.echo(f"no adapter: {result.outcome} (report in {out / 'report.json'})")
 
 
 def _console_progress():
@@ -113,35 +116,29 @@ def _console_progress():
             console.print(f"[bold]{phase}[/bold]")
             last["phase"] = phase
         if phase == "unlearning" and "forget_ma" in metrics:
-            el = metrics["forget_el"]
-            el_text = f"{el:.3f}" if el is not None else "– (MA above the holdout's)"
-            console.print(f"  step {step}/{total}  forget MA {metrics['forget_ma']:.3f}  EL {el_text}")
+            aucs = "  ".join(
+                f"{k[:-4]} AUC {metrics[k]:.2f}" for k in ("loss_auc", "zlib_auc", "min_k_auc") if k in metrics
+            )
+            failed = metrics.get("failed")
+            still = f"  failing: {', '.join(failed)}" if failed else ""
+            console.print(f"  step {step}/{total}  forget MA {metrics['forget_ma']:.3f}  {aucs}{still}")
 
     return report
 
 
 def _print_summary(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The run as the audit would show it (cli/service_cmds.print_audit), from the local report."""
+    from cli.service_cmds import print_audit
 
-    table = Table(
-        title=f"{report['method']} + {report['init']}: {report['steps']} steps, "
-        f"stopping rule {'reached' if report['reached'] else 'NOT reached'}"
-    )
-    for col in ("set", "metric", "before", "after"):
-        table.add_column(col)
-    for s in ("forget", "retain", "holdout"):
-        for m in ("ma", "el10", "extraction", "perplexity"):
-            table.add_row(s, m, f"{report['before'][s][m]:.3f}", f"{report['after'][s][m]:.3f}")
-    if report["before"].get("mia"):
-        for m in ("loss_auc", "mink_auc"):
-            table.add_row(
-                "forget vs holdout",
-                f"MIA {m}",
-                f"{report['before']['mia'][m]:.3f}",
-                f"{report['after']['mia'][m]:.3f}",
-            )
-    Console().print(table)
+    audit = {
+        "id": "local run",
+        "verdict": report["verdict"]["outcome"],
+        "metrics": report,
+        "adapter_sha256": (report.get("adapter") or {}).get("weights_sha256"),
+        "seq": "-",
+        "hash": "-" * 16,
+    }
+    print_audit(audit)
 
 
 def register(app: typer.Typer) -> None:

@@ -303,7 +303,10 @@ def adapters_download(
 def audits_list(
     subject: Annotated[str | None, typer.Option(help="Subject id as submitted.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model id.")] = None,
-    verdict: Annotated[str | None, typer.Option(help="e.g. forgotten | not_reached | failed | cancelled")] = None,
+    verdict: Annotated[
+        str | None,
+        typer.Option(help="e.g. forgotten | not_memorised | not_reached | model_damaged | failed | cancelled"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOpt = None,
@@ -397,32 +400,59 @@ def _saved_head(path: Path, public_key: Path | None) -> dict:
 
 
 def print_audit(audit: dict) -> None:
-    """The audit as a before/after table per set and metric."""
+    """The audit as the evidence a reader needs: the forget set against never-seen data (each membership
+    score's AUC with its interval and the two-sided test), what the model kept against the original model,
+    and which conditions of the verdict failed."""
     from rich.console import Console
     from rich.table import Table
 
     metrics = audit.get("metrics") or {}
     before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    table = Table(title=f"audit {audit['id']} — verdict: {audit['verdict']}")
-    for col in ("set", "metric", "before", "after"):
-        table.add_column(col)
-    for name in ("forget", "retain", "holdout"):
-        for m in ("ma", "el10", "extraction", "perplexity"):
-            b, a = (before.get(name) or {}).get(m), (after.get(name) or {}).get(m)
-            if b is not None or a is not None:
-                table.add_row(name, m, _fmt(b), _fmt(a))
-    for m in ("loss_auc", "mink_auc"):
-        b, a = (before.get("mia") or {}).get(m), (after.get("mia") or {}).get(m)
-        if b is not None or a is not None:
-            table.add_row("forget vs holdout", f"MIA {m}", _fmt(b), _fmt(a))
+    verdict = metrics.get("verdict") or {}
+    evidence = verdict.get("after") or verdict.get("before") or {}
     console = Console()
-    console.print(table)
-    thresholds = audit.get("thresholds") or {}
-    if thresholds:
-        console.print(
-            f"stopping rule: forget MA ≤ {_fmt(thresholds.get('ma'))} and EL10 ≤ {_fmt(thresholds.get('el'))}"
-            f" (holdout); steps {metrics.get('steps')}"
+    table = Table(title=f"audit {audit['id']} — verdict: {audit['verdict']}")
+    for col in ("forget set vs holdout (never seen)", "before", "after", "never-seen level"):
+        table.add_column(col)
+    b_mia, a_mia = before.get("mia") or {}, after.get("mia") or {}
+    for name, score in (("loss", "loss"), ("zlib", "zlib"), ("min_k", "Min-k%")):
+        t = (evidence.get("scores") or {}).get(name) or {}
+        interval = f" [{_fmt(t.get('auc_low'))}, {_fmt(t.get('auc_high'))}] p={_fmt(t.get('p_value'))}" if t else ""
+        table.add_row(
+            f"MIA AUC, {score}", _fmt(b_mia.get(f"{name}_auc")), _fmt(a_mia.get(f"{name}_auc")) + interval, "0.5"
         )
+    f0, f1, h1 = (
+        before.get("forget") or {},
+        after.get("forget") or {},
+        after.get("holdout") or before.get("holdout") or {},
+    )
+    for m, label in (
+        ("ma", "MA"),
+        ("el10", "EL10"),
+        ("extraction", "extraction (any prefix)"),
+        ("perplexity", "perplexity"),
+    ):
+        table.add_row(f"forget {label}", _fmt(f0.get(m)), _fmt(f1.get(m)), f"holdout {_fmt(h1.get(m))}")
+    console.print(table)
+    original = metrics.get("original") or {}
+    if after:
+        kept = Table(title="what the model must keep (against the original model)")
+        for col in ("measure", "original", "after"):
+            kept.add_column(col)
+        r0, r1 = original.get("retain") or {}, after.get("retain") or {}
+        kept.add_row("retain MA", _fmt(r0.get("ma")), _fmt(r1.get("ma")))
+        kept.add_row(
+            "retain extraction, short prefix", _fmt(r0.get("extraction_short")), _fmt(r1.get("extraction_short"))
+        )
+        o_h = original.get("holdout") or {}
+        kept.add_row(
+            "holdout perplexity", _fmt(o_h.get("perplexity")), _fmt((after.get("holdout") or {}).get("perplexity"))
+        )
+        console.print(kept)
+    failed = (evidence.get("failed") or []) + ((verdict.get("utility") or {}).get("failed") or [])
+    console.print(f"failed conditions: {', '.join(failed) if failed else 'none'}; steps {metrics.get('steps')}")
+    if evidence.get("note"):
+        console.print(f"note: {evidence['note']}")
     console.print(
         f"adapter sha256 {audit.get('adapter_sha256')} · chain seq {audit['seq']}, hash {audit['hash'][:16]}…"
     )
@@ -442,7 +472,7 @@ def demo(
 ) -> None:
     """The whole product in one command: build the demo model, start the service on the embedded default,
     register the model, submit the forget file over HTTP, follow it, download and verify the adapter, print
-    the audit. Exit 0 only if the verdict is `forgotten`."""
+    the audit. Exit 0 only if the verdict is `forgotten` (or `not_memorised`: the model never knew them)."""
     import secrets
     import tempfile
 
@@ -493,13 +523,17 @@ def demo(
             req = _call(client.post, "/v1/forget-requests", body, {"Idempotency-Key": f"demo-{secrets.token_hex(4)}"})
             console.print(f"  submitted {req['id']} ({req['record_count']} records), job {req['job_id']}")
             final = _watch(client, req["id"])
-            if final["status"] != "succeeded":
-                console.print(f"[red]request {final['status']}: {final.get('error')}[/red]")
-                raise typer.Exit(1)
             console.rule("4. adapter")
-            out = settings.data_dir / "downloaded-adapter"
-            meta = _call(client.download_adapter, final["adapter_version"]["id"], out)
-            console.print(f"  version {meta['version']}, rank {meta['rank']}, sha256 {meta['sha256']} verified → {out}")
+            if final.get("adapter_version"):
+                out = settings.data_dir / "downloaded-adapter"
+                meta = _call(client.download_adapter, final["adapter_version"]["id"], out)
+                console.print(
+                    f"  version {meta['version']}, rank {meta['rank']}, sha256 {meta['sha256']} verified → {out}"
+                )
+            else:
+                console.print(
+                    f"  no new version (request {final['status']}: {final.get('error') or 'nothing to unlearn'})"
+                )
             console.rule("5. audit")
             audits = _call(client.get, "/v1/audits", subject="demo-subject")["data"]
             audit = next(a for a in audits if a["request_id"] == req["id"])
@@ -510,10 +544,10 @@ def demo(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    if audit["verdict"] != "forgotten":
+    if audit["verdict"] not in ("forgotten", "not_memorised"):
         console.print(f"[red]verdict {audit['verdict']}[/red]")
         raise typer.Exit(1)
-    console.print("[green]verdict: forgotten[/green]")
+    console.print(f"[green]verdict: {audit['verdict']}[/green]")
 
 
 def register(app: typer.Typer) -> None:

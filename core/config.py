@@ -8,6 +8,10 @@ from core.errors import InvalidInput
 
 METHODS = ("ihl", "ga", "gd", "kl", "npo", "ctd")
 INITS = ("fila", "lora", "full")
+# Methods that calibrate their targets against the holdout set, and the fewest holdout records they accept
+# (two to calibrate on, two for the verdict).
+NEEDS_HOLDOUT = ("ctd",)
+MIN_HOLDOUT = 4
 # Inits that produce a LoRA adapter on the unmodified base (what the service publishes).
 ADAPTER_INITS = ("fila", "lora")
 
@@ -15,8 +19,8 @@ ADAPTER_INITS = ("fila", "lora")
 # Per-method defaults of the retain term: ctd's anchor needs more rows and weight to hold the retained records
 # while its targets are reached (measured on the demo world: README "Results"); the others keep the paper's λ=1.
 METHOD_DEFAULTS: dict[str, dict] = {
-    "ctd": {"retain_weight": 3.0, "retain_batch_size": 32},
-    "*": {"retain_weight": 1.0, "retain_batch_size": 16},
+    "ctd": {"lr": 2e-3, "retain_weight": 3.0, "retain_batch_size": 32},
+    "*": {"lr": 1e-3, "retain_weight": 1.0, "retain_batch_size": 16},
 }
 
 
@@ -44,7 +48,7 @@ class UnlearnConfig:
     init: str = "fila"
     rank: int = 8
     alpha: float = 16.0
-    lr: float = 1e-3
+    lr: float | None = None  # None: the method's default (METHOD_DEFAULTS)
     batch_size: int = 8  # forget records per step
     retain_batch_size: int | None = None  # retain records per step; None: the method's default (METHOD_DEFAULTS)
     retain_weight: float | None = None  # λ of the retain term (ctd: the anchor's weight); None: the method's default

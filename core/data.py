@@ -18,12 +18,16 @@ IGNORE = -100
 
 @dataclass
 class Encoded:
-    """One record as token ids, with the boundary between extraction prefix and target suffix."""
+    """One record — or one window of a record longer than the model's context — as token ids, with the
+    boundary between extraction prefix and target suffix."""
 
     ids: list[int]
     prefix_len: int  # ids[:prefix_len] is the prompt/prefix, ids[prefix_len:] the target
-    prompted: bool = False  # a prompt/completion pair: the prompt is the only extraction prefix
+    prompted: bool = False  # the prefix is fixed (a pair's prompt, a later window's context): no other prefix
     zlib_bytes: int = 1  # zlib-compressed size of the target text (the zlib membership score's normaliser)
+    label_from: int = 0  # first position whose token is a target (0 for a whole text; the prompt's end for a pair)
+    record: int = 0  # the record this row belongs to (set by `encode_set`)
+    window: int = 0  # which window of its record (0 unless the record is longer than the context)
 
 
 @dataclass
@@ -47,6 +51,15 @@ class TokenSet:
             self.labels[idx_t, :width],
             [self.encoded[i] for i in idx_t.tolist()],
         )
+
+    @property
+    def n_records(self) -> int:
+        return len({e.record for e in self.encoded})
+
+    def select_records(self, records: list[int]) -> TokenSet:
+        """The rows (windows) of the given records, in row order."""
+        keep = set(records)
+        return self.select([i for i, e in enumerate(self.encoded) if e.record in keep])
 
     def to(self, device: torch.device | str) -> TokenSet:
         return TokenSet(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.encoded)
@@ -72,19 +85,21 @@ def _ids(tokenizer, text: str, *, add_special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
-def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_length: int) -> Encoded:
-    """Token ids of a record with the BOS/EOS its tokenizer adds, and the prefix/suffix boundary.
+def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_length: int) -> list[Encoded]:
+    """Token ids of a record with the BOS/EOS its tokenizer adds, and the prefix/suffix boundary; a record
+    longer than `max_length` tokens becomes overlapping windows (`windows`), none of it truncated away.
 
     For text the prefix is the first `prefix_fraction` of the tokens (at least one, at most all but one);
     for prompt/completion it is the prompt, so extraction asks "does the prompt still elicit the completion".
     """
     if record.text is not None:
-        ids = _ids(tokenizer, record.text, add_special=True)
-        ids = _ensure_eos(tokenizer, ids)[:max_length]
+        ids = _ensure_eos(tokenizer, _ids(tokenizer, record.text, add_special=True))
         if len(ids) < 2:
             raise InvalidInput("a record is too short to unlearn (fewer than 2 tokens)")
+        if len(ids) > max_length:
+            return windows(tokenizer, ids, 0, max_length, prefix_fraction)
         prefix = min(max(1, round(len(ids) * prefix_fraction)), len(ids) - 1)
-        return Encoded(ids, prefix, zlib_bytes=zlib_size(tokenizer.decode(ids, skip_special_tokens=True)))
+        return [Encoded(ids, prefix, zlib_bytes=zlib_size(tokenizer.decode(ids, skip_special_tokens=True)))]
     full = _ensure_eos(tokenizer, _ids(tokenizer, record.full_text, add_special=True))
     prompt = _ids(tokenizer, record.prompt or "", add_special=True)
     prompt = _strip_eos(tokenizer, prompt)
@@ -93,10 +108,42 @@ def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_leng
     while k < min(len(prompt), len(full)) and prompt[k] == full[k]:
         k += 1
     k = max(1, min(k, len(full) - 1))
-    full = full[:max_length]
-    prefix = min(k, len(full) - 1)
-    completion = tokenizer.decode(full[prefix:], skip_special_tokens=True)
-    return Encoded(full, prefix, prompted=True, zlib_bytes=zlib_size(completion))
+    if len(full) > max_length:
+        return windows(tokenizer, full, k, max_length, prefix_fraction)
+    completion = tokenizer.decode(full[k:], skip_special_tokens=True)
+    return [Encoded(full, k, prompted=True, zlib_bytes=zlib_size(completion), label_from=k)]
+
+
+def windows(tokenizer, ids: list[int], target_from: int, width: int, prefix_fraction: float) -> list[Encoded]:
+    """A sequence longer than the model's context as windows of `width` tokens that overlap by half: every
+    target token is a target in exactly one window, and every window after the first starts with the half
+    window before it as context (not a target), so no token is predicted from less than half a window.
+
+    Per window, extraction asks whether its prefix elicits the rest of it: the first window's prefix is
+    `prefix_fraction` of it (or the prompt, clipped to half a window, for a pair), a later window's prefix is
+    its context. A record counts as extracted when any of its windows is (core/metrics.py)."""
+    if width < 8:
+        raise InvalidInput(f"max_length {width} is too short to window a long record")
+    half = width // 2
+    # A pair's prompt longer than half a window keeps its last half window: the completion must fit.
+    start = max(0, target_from - half)
+    out: list[Encoded] = []
+    first = True
+    covered = target_from  # targets before this position are in an earlier window (or the prompt)
+    while covered < len(ids):
+        begin = start if first else covered - half
+        chunk = ids[begin : begin + width]
+        label_from = covered - begin
+        if first and target_from == 0:
+            prefix = min(max(1, round(len(chunk) * prefix_fraction)), len(chunk) - 1)
+            fixed = False
+        else:
+            prefix, fixed = max(1, label_from), True
+        text = tokenizer.decode(chunk[label_from:], skip_special_tokens=True)
+        out.append(Encoded(chunk, prefix, fixed, zlib_size(text), label_from, window=len(out)))
+        covered = begin + len(chunk)
+        first = False
+    return out
 
 
 def zlib_size(text: str) -> int:
@@ -134,11 +181,15 @@ def encode_set(
     """Encode and right-pad a set. `target="all"` trains on every token after the first (texts) or on the
     completion (pairs); `target="suffix"` only on tokens after the prefix (used for extraction-style losses).
     """
-    encoded = [encode_record(tokenizer, r, prefix_fraction=prefix_fraction, max_length=max_length) for r in records]
-    return tensorize(encoded, pad_id(tokenizer), records=records, target=target)
+    encoded: list[Encoded] = []
+    for i, r in enumerate(records):
+        for e in encode_record(tokenizer, r, prefix_fraction=prefix_fraction, max_length=max_length):
+            e.record = i
+            encoded.append(e)
+    return tensorize(encoded, pad_id(tokenizer), target=target)
 
 
-def tensorize(encoded: list[Encoded], pad: int, *, records: list[Record] | None = None, target: str = "all"):
+def tensorize(encoded: list[Encoded], pad: int, *, target: str = "all"):
     n = len(encoded)
     width = max((len(e.ids) for e in encoded), default=1)
     input_ids = torch.full((n, width), pad, dtype=torch.long)
@@ -148,7 +199,6 @@ def tensorize(encoded: list[Encoded], pad: int, *, records: list[Record] | None 
         t = torch.tensor(e.ids, dtype=torch.long)
         input_ids[i, : len(t)] = t
         mask[i, : len(t)] = 1
-        is_pair = records is not None and records[i].text is None
-        start = e.prefix_len if (is_pair or target == "suffix") else 0
+        start = max(e.label_from, e.prefix_len) if target == "suffix" else e.label_from
         labels[i, start : len(t)] = t[start:]
     return TokenSet(input_ids, mask, labels, encoded)

@@ -8,6 +8,7 @@ decode, so evaluation inside the unlearning loop stays cheap.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from core.data import IGNORE, Encoded, TokenSet, encode_set
 from core.device import autocast
 from core.losses import shift, token_logprobs
+from core.modeling import context_length
 from core.records import Probe, Record
 from core.stats import auc
 
@@ -94,6 +96,25 @@ def decode_batch_rows(model, tokens_per_row: int, budget_bytes: int = DECODE_CAC
     return int(max(1, min(cap, budget_bytes // per_row)))
 
 
+def _decode_batches(
+    order: list[int], prefixes: list[list[int]], lengths: list[int], batch_size: int, context: int
+) -> Iterator[list[int]]:
+    """Consecutive rows of `order` in batches of at most `batch_size`, cut wherever the batch would run past
+    the model's context: a batch is as wide as its longest prefix and runs as many steps as its longest
+    continuation, so a window's short-prefix row and another's long-prefix row may not share one."""
+    batch: list[int] = []
+    width = steps = 0
+    for i in order:
+        w, n = max(width, len(prefixes[i])), max(steps, lengths[i])
+        if batch and (len(batch) == batch_size or w + n > context):
+            yield batch
+            batch, w, n = [], len(prefixes[i]), lengths[i]
+        batch.append(i)
+        width, steps = w, n
+    if batch:
+        yield batch
+
+
 @torch.inference_mode()
 def greedy_continue(
     model, prefixes: list[list[int]], lengths: list[int], device: torch.device, batch_size: int | None = None
@@ -112,8 +133,8 @@ def greedy_continue(
         return out
     if batch_size is None:
         batch_size = decode_batch_rows(model, max(len(prefixes[i]) + lengths[i] for i in order))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    context = context_length(model) or 1 << 30
+    for idx in _decode_batches(order, prefixes, lengths, batch_size, context):
         width = max(len(prefixes[i]) for i in idx)
         ids = torch.zeros((len(idx), width), dtype=torch.long)  # pad id 0: masked, never attended
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -187,36 +208,58 @@ def evaluate_set(
     batch_size: int = 32,
     attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS,
 ) -> SetScores:
-    """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode."""
+    """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode.
+
+    Scores are per *record*: the windows of a record longer than the context (core/data.py `windows`) are
+    pooled — its loss and Min-k% over all its target tokens, its MA over them too, its zlib score over the
+    sum of its windows' compressed sizes; it counts as extracted when any window is."""
     nan = float("nan")
     if len(ts) == 0:
         return SetScores(SetMetrics(0, nan, nan, nan, nan, nan, nan), [], [], [], [])
     was_training = model.training
     model.eval()
-    ma, nll_sum, tok, min_k = [], [], [], []
+    hits, nll, tok, picked_rows = [], [], [], []
     for start, logits in zip(range(0, len(ts), batch_size), forward_logits(model, ts, device, batch_size), strict=True):
         labels = ts.labels[start : start + batch_size, : logits.size(1)].to(device)
-        ma.append(ma_per_record(logits, labels))
-        picked, mask = token_logprobs(logits, labels)  # once for the NLL and Min-k% (a V-wide log-softmax)
-        nll_sum.append(-picked.sum(-1))
+        lg, lb = shift(logits, labels)
+        mask = lb != IGNORE
+        hits.append(((lg.argmax(-1) == lb) & mask).sum(-1))
+        picked, _ = token_logprobs(logits, labels)  # once for the NLL and Min-k% (a V-wide log-softmax)
+        nll.append(-picked.sum(-1))
         tok.append(mask.sum(-1))
-        min_k.append(min_k_from_logprobs(picked, mask))
-    ma_t, nll_t, tok_t = torch.cat(ma), torch.cat(nll_sum), torch.cat(tok)
+        picked_rows += [p[m].double().cpu() for p, m in zip(picked, mask, strict=True)]
     gen = generation_scores(model, ts, device, el_n, attack_prefixes) if generate else None
     if was_training:
         model.train()
+    groups = record_rows(ts)
+    hit_t, nll_t, tok_t = torch.cat(hits).cpu(), torch.cat(nll).double().cpu(), torch.cat(tok).cpu()
+    loss, min_k, zlib, ma = [], [], [], []
+    for rows in groups:
+        n_tok = max(1, int(tok_t[rows].sum()))
+        total = float(nll_t[rows].sum())
+        loss.append(total / n_tok)
+        ma.append(float(hit_t[rows].sum()) / n_tok)
+        zlib.append(total / sum(ts.encoded[r].zlib_bytes for r in rows))
+        lp = torch.cat([picked_rows[r] for r in rows])
+        min_k.append(float(min_k_from_logprobs(lp[None], torch.ones_like(lp, dtype=torch.bool)[None])[0]))
     metrics = SetMetrics(
-        n=len(ts),
-        ma=float(ma_t.mean()),
+        n=len(groups),
+        ma=sum(ma) / len(ma),
         el10=gen.el if gen else nan,
         extraction=gen.extraction if gen else nan,
         extraction_short=gen.extraction_short if gen else nan,
         extraction_half=gen.extraction_half if gen else nan,
         perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
     )
-    per_loss = (nll_t / tok_t.clamp_min(1)).tolist()
-    zlib = [float(n) / e.zlib_bytes for n, e in zip(nll_t.tolist(), ts.encoded, strict=True)]
-    return SetScores(metrics, per_loss, torch.cat(min_k).tolist(), zlib, ma_t.tolist())
+    return SetScores(metrics, loss, min_k, zlib, ma)
+
+
+def record_rows(ts: TokenSet) -> list[list[int]]:
+    """Row indices per record, records in order of first appearance (one row each unless windowed)."""
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(ts.encoded):
+        groups.setdefault(e.record, []).append(i)
+    return list(groups.values())
 
 
 def attack_prefix_lengths(e: Encoded, short: tuple[int, ...] = ATTACK_PREFIX_TOKENS) -> list[int]:
@@ -239,9 +282,10 @@ class Generation:
 def generation_scores(
     model, ts: TokenSet, device: torch.device, el_n: int = 10, attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS
 ) -> Generation:
-    """EL_n and exact extraction of the set: one batched greedy decode of every record's suffix from each of
-    its attack prefixes (`attack_prefix_lengths`). A record counts as extracted when any prefix reproduces
-    the rest of it token for token."""
+    """EL_n and exact extraction of the set's records: one batched greedy decode of every row's suffix from
+    each of its attack prefixes (`attack_prefix_lengths`). A record counts as extracted when any prefix of
+    any of its windows reproduces the rest of that window token for token; its EL_n is the mean over its
+    windows, each from its configured prefix."""
     rows: list[tuple[int, int]] = [
         (i, k) for i, e in enumerate(ts.encoded) for k in attack_prefix_lengths(e, attack_prefixes)
     ]
@@ -263,7 +307,14 @@ def generation_scores(
             el[i] = ngram_overlap(g, s, el_n)
         if k < e.prefix_len or e.prompted:
             hit_short[i] |= exact
-    return Generation(sum(el) / n, sum(hit_any) / n, sum(hit_short) / n, sum(hit_half) / n, hit_any)
+    groups = record_rows(ts)
+
+    def share(hit: list[bool]) -> float:
+        return sum(any(hit[r] for r in rows) for rows in groups) / len(groups)
+
+    extracted = [any(hit_any[r] for r in rows) for rows in groups]
+    mean_el = sum(sum(el[r] for r in rows) / len(rows) for rows in groups) / len(groups)
+    return Generation(mean_el, share(hit_any), share(hit_short), share(hit_half), extracted)
 
 
 def mia(forget: SetScores, holdout: SetScores) -> dict[str, float]:

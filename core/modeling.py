@@ -56,6 +56,17 @@ class LoadedModel:
         return getattr(self.model.config, "model_type", "")
 
 
+def context_length(model: nn.Module) -> int | None:
+    """Positions the model can attend over, from its config (the names differ by family); None if unknown."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def weight_files(source: str | Path) -> list[Path]:
     root = Path(source)
     if not root.is_dir():

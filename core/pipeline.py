@@ -21,7 +21,7 @@ from core.hashing import file_sha256
 from core.lora import is_conv1d
 from core.losses import OBJECTIVES
 from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
-from core.modeling import LoadedModel, default_target_modules, find_targets
+from core.modeling import LoadedModel, context_length, default_target_modules, find_targets
 from core.records import Probe, Record
 from core.unlearn import (
     Adapted,
@@ -51,15 +51,15 @@ class ForgetResult:
 class Sets:
     forget: TokenSet
     retain: TokenSet
-    holdout: TokenSet  # the verdict's half of the holdout: never trained on, never anchored, never calibrated on
+    holdout: TokenSet  # the verdict's half of the holdout: never trained on, never anchored
     retain_eval: TokenSet
     reference: TokenSet  # the holdout's calibration half: targets (ctd) and the anchor on never-seen data
 
 
 def split_holdout(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
-    """(calibration, verdict) indices of a holdout of n records, a seeded split (split conformal practice):
-    the records that shape the targets and the anchor are never the ones the verdict tests against. Fewer
-    than 4 records: all go to the verdict."""
+    """(calibration, verdict) indices of a holdout of n records, a seeded split: the records the anchor holds
+    (ctd keeps the model's behaviour on them) are never the ones the verdict tests against. Fewer than 4
+    records: all go to the verdict."""
     if n < 4:
         return [], list(range(n))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
@@ -67,19 +67,21 @@ def split_holdout(n: int, share: float, seed: int) -> tuple[list[int], list[int]
     return sorted(order[:k]), sorted(order[k:])
 
 
-def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig) -> Sets:
-    kw = {"prefix_fraction": config.prefix_fraction, "max_length": config.max_length}
+def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig, context: int | None = None) -> Sets:
+    """Every set tokenised once. Rows never exceed the model's `context`: a longer record is windowed."""
+    max_length = min(config.max_length, context) if context else config.max_length
+    kw = {"prefix_fraction": config.prefix_fraction, "max_length": max_length}
     retain_ts = encode_set(tokenizer, retain, **kw)
     gen = torch.Generator().manual_seed(config.seed)
     eval_idx = torch.randperm(len(retain), generator=gen)[: config.eval_max_records].sort().values.tolist()
     holdout_ts = encode_set(tokenizer, holdout, **kw) if holdout else retain_ts.select([])
-    calibration, verdict = split_holdout(len(holdout_ts), config.holdout_calibration_share, config.seed)
+    calibration, verdict = split_holdout(len(holdout), config.holdout_calibration_share, config.seed)
     return Sets(
         forget=encode_set(tokenizer, forget, **kw),
         retain=retain_ts,
-        holdout=holdout_ts.select(verdict[: config.eval_max_records]),
-        retain_eval=retain_ts.select(eval_idx),
-        reference=holdout_ts.select(calibration),
+        holdout=holdout_ts.select_records(verdict[: config.eval_max_records]),
+        retain_eval=retain_ts.select_records(eval_idx),
+        reference=holdout_ts.select_records(calibration),
     )
 
 
@@ -166,7 +168,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
     loop: LoopResult | None = None
     after = verdict_after = kept = adapter_info = adapter_dir = None
     try:
-        sets = encode_sets(tokenizer, forget, retain, holdout, config)
+        sets = encode_sets(tokenizer, forget, retain, holdout, config, context_length(model))
         # The starting version: base + previous components, with a neutral trainable part.
         adapted = prepare(model, config, targets, device, anchored=anchored, previous=prev_delta)
 
@@ -196,22 +198,21 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             )
             objective = OBJECTIVES[config.method]
             # A pure anchor may also hold the model's behaviour on the calibration half of the holdout.
-            anchor = (
-                concat([sets.retain, sets.reference])
-                if objective.anchors_reference and len(sets.reference)
-                else sets.retain
-            )
+            reference = sets.reference if objective.anchors_reference and len(sets.reference) else None
             if config.init == "fila":
-                init_fila(adapted, config, sets.forget, anchor, device, progress, previous=prev_delta)
+                fisher_retain = concat([sets.retain, reference]) if reference is not None else sets.retain
+                init_fila(adapted, config, sets.forget, fisher_retain, device, progress, previous=prev_delta)
+            # Targets from the whole holdout (the best estimate of never-seen behaviour); the anchor above
+            # holds only its calibration half, so the verdict's half stays untrained on.
             plan = (
-                calibrate(adapted.model, sets.forget, sets.reference, device, bounds.tail_p)
+                calibrate(adapted.model, sets.forget, concat([sets.reference, sets.holdout]), device, bounds.tail_p)
                 if objective.needs_forget_targets
                 else None
             )
             loop = train(
                 adapted,
                 sets.forget,
-                anchor,
+                sets.retain,
                 config,
                 device,
                 rule=rule,
@@ -219,6 +220,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
                 should_cancel=should_cancel,
                 anchored=anchored,
                 targets=plan,
+                reference_ts=reference,
             )
 
             progress("evaluating", 1, 2, {"when": "after"})

@@ -379,14 +379,17 @@ def train(
     should_cancel: CancelCheck = _never,
     anchored: bool = False,
     targets: ForgetTargets | None = None,
+    reference_ts: TokenSet | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
     or `max_steps`. Without a rule (no holdout set) it runs `max_steps` and never claims "reached".
 
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
     `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
-    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), fixed for the run:
-    the anchor on the holdout's calibration half keeps the never-seen reference where it was."""
+    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), steered at every
+    check towards the record-level scores they plan (`ForgetTargets.steer`). `reference_ts`: never-seen
+    records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
+    step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift."""
     objective = OBJECTIVES[config.method]
     if objective.needs_forget_targets and targets is None:
         raise InvalidInput(f"method {config.method!r} needs the model's holdout set to calibrate its targets")
@@ -398,7 +401,12 @@ def train(
     torch.manual_seed(config.seed)
     forget_batches = _batches(len(forget_ts), config.batch_size, gen)
     use_retain = objective.uses_retain and len(retain_ts) > 0 and config.retain_batch_size > 0
-    retain_batches = _batches(len(retain_ts), config.retain_batch_size, gen) if use_retain else None
+    n_ref = (
+        max(1, config.retain_batch_size // 4) if use_retain and reference_ts is not None and len(reference_ts) else 0
+    )
+    retain_batches = _batches(len(retain_ts), config.retain_batch_size - n_ref, gen) if use_retain else None
+    reference_batches = _batches(len(reference_ts), n_ref, gen) if n_ref else None
+    steerable = targets is not None and len(forget_ts) == forget_ts.n_records  # rows are records (no windows)
 
     ref_forget_logp = None
     if objective.needs_ref_forget_logp:
@@ -434,6 +442,11 @@ def train(
         }
         history.append(m)
         progress("unlearning", step, config.max_steps, m)
+        if steerable and step > 0 and not checked.passed and __import__("os").environ.get("CTD_TRACK"):
+            new = targets.calibration.targets(profiles_of(model, targets.reference_ts, device))
+            targets.follow(new.target_logp, new.top1_allowed)
+        if steerable and step > 0 and not checked.passed:
+            targets.steer(checked.forget.loss, checked.forget.min_k, gain=float(__import__("os").environ.get("CTD_GAIN", "1")))
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
@@ -452,7 +465,10 @@ def train(
             raise Cancelled(f"cancelled at step {step - 1}")
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
-        rb = retain_ts.select(next(retain_batches)).to(device) if retain_batches is not None else None
+        rb = retain_ts.select(next(retain_batches)) if retain_batches is not None else None
+        if reference_batches is not None:
+            rb = concat([rb, reference_ts.select(next(reference_batches))])
+        rb = rb.to(device) if rb is not None else None
         # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
         # on matmuls twice as tall (the step is launch-bound on small models).
         both = concat([fb, rb]) if rb is not None else fb
@@ -517,7 +533,16 @@ def calibrate(
     calibration = Calibration(
         forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p
     )
-    return calibration.targets(profiles)
+    targets = calibration.targets(profiles)
+    targets.calibration, targets.reference_ts = calibration, reference_ts
+    return targets
+
+
+@torch.no_grad()
+def profiles_of(model: nn.Module, ts: TokenSet, device: torch.device) -> list:
+    """The holdout's current profiles (core/calibration.py `Profile`) under the model."""
+    logp, _, top1 = _token_logprobs_of(model, ts, device)
+    return holdout_profiles(ts.labels[:, 1:], logp, top1, [e.zlib_bytes for e in ts.encoded])
 
 
 def _token_logprobs_of(

@@ -7,7 +7,8 @@ effect) fails too. Every condition must hold:
 
 - for each score — loss, zlib-normalised loss, Min-k% (core/metrics.py) — the two-sided Mann–Whitney U test
   does not tell the sets apart at level α, the AUC lies within 0.5 ± tolerance, and no single forget record
-  is more familiar than the holdout's tail (its conformal p among the holdout ≥ `tail_p`);
+  is more familiar than the holdout's tail: its one-sided p under the holdout's Student-t prediction
+  distribution is ≥ `tail_p` / (number of forget records) — the 5 % tail, family-wise over the records;
 - forget MA ≤ holdout MA and forget EL_n ≤ holdout EL_n (the TDEC rule: necessary, not sufficient);
 - exact extraction 0 from every attack prefix (the first few tokens, and the configured prefix).
 
@@ -96,7 +97,10 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds) -> Forgett
                 f"{name}_auc", abs(t.auc - 0.5) <= bounds.auc_tolerance, t.auc, f"within 0.5 ± {bounds.auc_tolerance}"
             )
         )
-        conds.append(Condition(f"{name}_tail", t.min_record_p >= bounds.tail_p, t.min_record_p, f">= {bounds.tail_p}"))
+        # Family-wise over the forget records (Bonferroni): a genuine never-seen set of 30 has a record in the
+        # holdout's 5 % tail 79 % of the time, so a per-record 5 % bound would fail never-seen data itself.
+        level = bounds.tail_p / max(1, t.n_forget)
+        conds.append(Condition(f"{name}_tail", t.min_record_p >= level, t.min_record_p, f">= {level:.4g}"))
     fm, hm = forget.metrics, holdout.metrics
     conds.append(Condition("ma", fm.ma <= hm.ma, fm.ma, f"<= holdout {hm.ma:.4f}"))
     generated = not math.isnan(fm.extraction) and not math.isnan(hm.el10)
@@ -123,8 +127,8 @@ def small_set_note(m: int, n: int, bounds: Bounds) -> str | None:
     return (
         f"{m} forget record(s) vs {n} holdout: the U test's smallest two-sided p is {min_p:.3g}, so it {can} "
         f"reject at α={bounds.alpha} only when every forget record is more familiar than every holdout record; "
-        f"the AUC is the records' mean holdout percentile. The per-record tail check (each record's conformal p "
-        f">= {bounds.tail_p}) carries the evidence at this size; the set-level test has little power."
+        f"the AUC is the records' mean holdout percentile. The per-record tail check (each record's prediction p "
+        f">= {bounds.tail_p / m:.3g}) carries the evidence at this size; the set-level test has little power."
     )
 
 

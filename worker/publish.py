@@ -15,9 +15,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
+from api.models import FAILED, SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
+from core.verdict import FORGOTTEN, NOT_MEMORISED, UNVERIFIED
 from worker import protocol
 from worker.transitions import _transition, add_event, new_audit, requests_of, set_requests
+
+# Outcomes whose adapter becomes the model's active version; every other outcome publishes nothing (`conclude`).
+PUBLISHED = (FORGOTTEN, UNVERIFIED)
 
 
 class LostLease(Exception):
@@ -36,7 +40,7 @@ class Built:
     size_bytes: int
     storage_uri: str
     report: dict[str, Any]
-    reached: bool
+    outcome: str  # core/verdict.py: forgotten | unverified (what publishes a version)
     fingerprint: str | None
 
 
@@ -56,8 +60,63 @@ def _lock_model(session: Session, model_id: str) -> None:
 
 
 def audit_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("before", "after", "probes", "steps", "reached", "wall_seconds", "trainable_params")
+    """What the audit keeps of a run: the metrics before and after, the original model's retain and holdout
+    block ("kept" is measured against it), and the verdict with its statistical evidence (core/verdict.py)."""
+    keys = ("before", "after", "original", "verdict", "probes", "steps", "reached", "wall_seconds", "trainable_params")
     return {k: report.get(k) for k in keys}
+
+
+def audit_bounds(report: dict[str, Any]) -> dict[str, Any]:
+    return dict((report.get("verdict") or {}).get("bounds") or report.get("thresholds") or {})
+
+
+def conclude(session: Session, job_id: str, owner: str, outcome: str, report: dict[str, Any], fingerprint: str | None):
+    """A run that publishes no version, fenced by the lease like `publish`: the model never knew the records
+    (`not_memorised`: the requests succeed, with the evidence audited), or unlearning could not be certified
+    (`not_reached`, `model_damaged`: nothing is deployed, the requests fail and say which conditions failed)."""
+    now = utcnow()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise LostLease(job_id)
+    failed = outcome != NOT_MEMORISED
+    verdict = report.get("verdict") or {}
+    which = (verdict.get("after") or {}).get("failed", []) + (verdict.get("utility") or {}).get("failed", [])
+    message = None
+    if failed:
+        message = f"{outcome}: nothing published" + (f" (failed: {', '.join(which)})" if which else "")
+    if not _transition(
+        session,
+        protocol.owned(job_id, owner),
+        status=FAILED if failed else SUCCEEDED,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
+        error=message,
+        error_code=outcome if failed else None,
+    ):
+        raise LostLease(job_id)
+    for req in requests_of(session, job_id):
+        new_audit(
+            session,
+            req,
+            job,
+            verdict=outcome,
+            now=now,
+            model_fingerprint=fingerprint,
+            metrics=audit_metrics(report),
+            thresholds=audit_bounds(report),
+            config=dict(report.get("config") or job.config),
+            error=message,
+        )
+    set_requests(session, job_id, FAILED if failed else SUCCEEDED, error=message, final=True)
+    add_event(
+        session,
+        job_id,
+        message
+        or "the model did not know the records (as unfamiliar as never-seen data before any step): no new version",
+        level="error" if failed else "info",
+        data={"verdict": outcome, "failed": which},
+    )
 
 
 def publish(session: Session, job_id: str, owner: str, started_from: str | None, built: Built) -> AdapterVersion:
@@ -105,7 +164,7 @@ def publish(session: Session, job_id: str, owner: str, started_from: str | None,
     )
     session.add(version)
     session.flush()
-    verdict = "forgotten" if built.reached else "not_reached"
+    verdict = built.outcome
     for req in requests_of(session, job_id):
         new_audit(
             session,
@@ -117,7 +176,7 @@ def publish(session: Session, job_id: str, owner: str, started_from: str | None,
             adapter_sha256=built.sha256,
             model_fingerprint=built.fingerprint,
             metrics=audit_metrics(report),
-            thresholds=dict(report.get("thresholds") or {}),
+            thresholds=audit_bounds(report),
             config=dict(report.get("config") or job.config),
         )
     set_requests(session, job_id, SUCCEEDED, final=True)

@@ -27,9 +27,10 @@ from api.db import transaction
 from api.models import RUNNING, BaseModel, Job, utcnow
 from core.errors import Cancelled, CoreError, ModelLoadError
 from core.records import Probe, Record
+from core.verdict import NOT_MEMORISED
 from worker import protocol, scratch, transitions
 from worker.model_cache import model_cache
-from worker.publish import Built, LostLease, StaleParent, active_version, publish
+from worker.publish import PUBLISHED, Built, LostLease, StaleParent, active_version, conclude, publish
 from worker.reporter import Heartbeat, JobReporter
 from worker.runtime import Runtime, default_runtime
 
@@ -156,9 +157,13 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
         reporter.refresh_flags()
         if reporter.cancel_requested.is_set() or reporter.lost_lease.is_set():  # after the last step
             raise Cancelled("cancelled after the last step")
+        if result.outcome not in PUBLISHED or result.adapter_dir is None:
+            with transaction(rt.sessions) as session:
+                conclude(session, job_id, rt.owner, result.outcome, dict(result.report), fingerprint)
+            return SUCCEEDED if result.outcome == NOT_MEMORISED else FAILED
         sha, size = pack_dir(Path(result.adapter_dir), work / "adapter.tar.gz")
         uri = rt.blobs.put(work / "adapter.tar.gz", f"adapters/{sha}.tar.gz")
-        built = Built(sha, size, uri, dict(result.report), bool(result.reached), fingerprint)
+        built = Built(sha, size, uri, dict(result.report), result.outcome, fingerprint)
         with transaction(rt.sessions) as session:
             publish(session, job_id, rt.owner, inputs.parent_id, built)
         return SUCCEEDED

@@ -28,18 +28,19 @@ def test_unlearn_writes_adapter_and_report(tiny_world, tmp_path):
         "--holdout",
         tiny_world.holdout_path,
         "--max-steps",
-        60,
+        80,
         "--out",
         out,
     )
     assert res.exit_code == 0, res.output
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     report = json.loads((out / "report.json").read_text())
-    assert report["reached"] is True and report["after"]["forget"]["extraction"] == 0.0
+    assert report["verdict"]["outcome"] == "forgotten" and report["after"]["forget"]["extraction"] == 0.0
     for when in ("before", "after"):
         for s in ("forget", "retain", "holdout"):
-            assert {"ma", "el10", "extraction", "perplexity"} <= set(report[when][s])
-        assert "loss_auc" in report[when]["mia"]
+            assert {"ma", "el10", "extraction", "extraction_short", "perplexity"} <= set(report[when][s])
+        assert {"loss_auc", "zlib_auc", "min_k_auc"} <= set(report[when]["mia"])
+    assert "verdict: forgotten" in res.output and "MIA AUC, Min-k%" in res.output
     assert report["steps"] > 0 and report["wall_seconds"] > 0 and report["trainable_params"] > 0
 
 

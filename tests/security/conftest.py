@@ -79,6 +79,6 @@ def publish_request(
     with transaction(session_factory) as session:
         assert protocol.claim(session, job_id, owner, utcnow(), 60, 3)
         parent = active_version(session, model_id)
-        built = built or Built("a" * 64, 123, "local:adapters/none.tar.gz", REPORT, True, "f" * 64)
+        built = built or Built("a" * 64, 123, "local:adapters/none.tar.gz", REPORT, "forgotten", "f" * 64)
         publish(session, job_id, owner, parent.id if parent else None, built)
     return req.id

@@ -68,7 +68,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (adapter_dir / "adapter_config.json").write_text("{}")
     sha, size = pack_dir(adapter_dir, tmp / "adapter.tar.gz")
     uri = BlobStore(settings.resolved_blob_dir).put(tmp / "adapter.tar.gz", f"adapters/{sha}.tar.gz")
-    built = Built(sha, size, uri, REPORT, True, "f" * 64)
+    built = Built(sha, size, uri, REPORT, "forgotten", "f" * 64)
     request_id = publish_request(sessions, settings, model_id, "fuzz-subject", built=built)
     with sessions() as session:
         row = session.execute(

@@ -80,14 +80,14 @@ def test_an_expired_lease_can_be_claimed_again_and_fences_the_old_owner(rt, tmp_
     with transaction(rt.sessions) as session:
         assert not protocol.renew(session, job_id, "old", utcnow(), 10)
         assert protocol.renew(session, job_id, "new", utcnow(), 10)
-        built = Built("0" * 64, 1, "local:x", {"adapter": {"rank": 1}}, True, None)
+        built = Built("0" * 64, 1, "local:x", {"adapter": {"rank": 1}}, "forgotten", None)
         with pytest.raises(LostLease):
             publish(session, job_id, "old", None, built)
 
 
 def test_publication_is_exactly_once_and_cumulative(rt, tmp_path):
     (req1, job1), (req2, job2) = _submit(rt, tmp_path, n=2)
-    built = Built("a" * 64, 10, "local:adapters/a.tar.gz", {"adapter": {"rank": 4, "alpha": 8}}, True, "f" * 64)
+    built = Built("a" * 64, 10, "local:adapters/a.tar.gz", {"adapter": {"rank": 4, "alpha": 8}}, "forgotten", "f" * 64)
     assert _claim(rt, job1, "w")
     with transaction(rt.sessions) as session:
         v1 = publish(session, job1, "w", None, built)
@@ -98,7 +98,7 @@ def test_publication_is_exactly_once_and_cumulative(rt, tmp_path):
     with pytest.raises(StaleParent), transaction(rt.sessions) as session:
         publish(session, job2, "w2", None, built)
     with transaction(rt.sessions) as session:
-        v2 = publish(session, job2, "w2", v1.id, Built("b" * 64, 10, "local:b", {"adapter": {}}, False, None))
+        v2 = publish(session, job2, "w2", v1.id, Built("b" * 64, 10, "local:b", {"adapter": {}}, "unverified", None))
     with rt.sessions() as session:
         versions = session.scalars(select(AdapterVersion).order_by(AdapterVersion.version)).all()
         assert [(v.version, v.status, v.parent_id) for v in versions] == [
@@ -106,7 +106,7 @@ def test_publication_is_exactly_once_and_cumulative(rt, tmp_path):
             (2, "active", v1.id),
         ]
         audits = session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()
-        assert [(a.request_id, a.verdict) for a in audits] == [(req1, "forgotten"), (req2, "not_reached")]
+        assert [(a.request_id, a.verdict) for a in audits] == [(req1, "forgotten"), (req2, "unverified")]
         assert audits[1].adapter_version_id == v2.id
         reqs = session.scalars(select(ForgetRequest)).all()
         assert all(r.status == "succeeded" and r.payload is None and r.payload_purged_at for r in reqs)
