@@ -82,9 +82,7 @@ class ConfigIn(_In):
     max_length: int | None = Field(None, ge=8, le=32_768)
     eval_max_records: int | None = Field(None, ge=1, le=100_000)
     margin_weight: float | None = Field(None, ge=0, le=100, description="ctd: weight of the anchor's top-1 hinge.")
-    holdout_calibration_share: float | None = Field(
-        None, gt=0, lt=1, description="Share of the holdout the anchor holds; the rest is the verdict's."
-    )
+    warmup_steps: int | None = Field(None, ge=0, le=100_000, description="Linear learning-rate warm-up steps.")
     test_alpha: float | None = Field(None, gt=0, lt=1, description="Verdict: level of the two-sided U test.")
     auc_tolerance: float | None = Field(None, gt=0, le=0.5, description="Verdict: every AUC within 0.5 ± this.")
     tail_p: float | None = Field(None, ge=0, lt=1, description="Verdict: family-wise level of the tail check.")

@@ -60,9 +60,12 @@ class Calibration:
     levels: TokenLevels
     zlib_bytes: list[int]
     tail_p: float = 0.05
+    groups: list[list[int]] | None = None  # rows of each request
 
     def targets(self, profiles: list[Profile]) -> ForgetTargets:
-        return forget_targets(self.labels, self.start_logp, self.levels, profiles, self.zlib_bytes, tail_p=self.tail_p)
+        return forget_targets(
+            self.labels, self.start_logp, self.levels, profiles, self.zlib_bytes, tail_p=self.tail_p, groups=self.groups
+        )
 
 
 @dataclass
@@ -86,7 +89,7 @@ class ForgetTargets:
         self.follow(self.target_logp, self.top1_allowed)
 
     def follow(self, plan: torch.Tensor, top1_allowed: torch.Tensor) -> None:
-        """A new plan (the holdout's profiles under the current model), offsets kept."""
+        """Set the plan (offsets kept) and derive the tokens that make up each row's Min-k%."""
         self.plan = plan.clone()
         self.top1_allowed = top1_allowed
         n = self.mask.sum(1)
@@ -182,9 +185,12 @@ def forget_targets(
     zlib_bytes: list[int] | None = None,
     min_k: float = 0.2,
     tail_p: float = 0.05,
+    groups: list[list[int]] | None = None,
 ) -> ForgetTargets:
     """Targets for the forget set (module docstring). `labels` (B×T') and `start_logp` (B×T', the starting
-    model's log p of each label, 0 where masked) are shifted as `core.losses.token_logprobs` returns them."""
+    model's log p of each label, 0 where masked) are shifted as `core.losses.token_logprobs` returns them.
+    `groups`: rows of each request a job serves; quantiles are spread within each (every request's own
+    records must look like never-seen ones, not only their union)."""
     mask = labels != IGNORE
     stranger = levels.of(labels.clamp_min(0))
     # How unpredictable each token would be for a stranger, never less than it already is.
@@ -199,10 +205,15 @@ def forget_targets(
     allowed = torch.zeros_like(mask)
     chosen = [0] * n
     window = max(1, round(0.1 * len(donors)))
-    for rank, i in enumerate(stranger_loss.argsort().tolist()):  # harder for a stranger → a higher-loss donor
+    quantile = [0.5] * n
+    for rows in groups or [list(range(n))]:
+        # harder for a stranger → a higher-loss donor
+        for rank, i in enumerate(sorted(rows, key=lambda r: float(stranger_loss[r]))):
+            quantile[i] = (rank + 0.5) / len(rows)
+    for i in range(n):
         pos = mask[i].nonzero().squeeze(-1)
         own = pos.numel() / zb[i]  # tokens per compressed byte
-        at = min(len(donors) - 1, int((rank + 0.5) / n * len(donors)))
+        at = min(len(donors) - 1, int(quantile[i] * len(donors)))
         # Among the donors near this quantile, the one whose tokens-per-compressed-byte is closest to the
         # record's: then matching its loss also matches its zlib score.
         near = donors[max(0, at - window) : at + window + 1]

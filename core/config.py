@@ -19,8 +19,8 @@ ADAPTER_INITS = ("fila", "lora")
 # Per-method defaults of the retain term: ctd's anchor needs more rows and weight to hold the retained records
 # while its targets are reached (measured on the demo world: README "Results"); the others keep the paper's λ=1.
 METHOD_DEFAULTS: dict[str, dict] = {
-    "ctd": {"lr": 2e-3, "retain_weight": 3.0, "retain_batch_size": 32},
-    "*": {"lr": 1e-3, "retain_weight": 1.0, "retain_batch_size": 16},
+    "ctd": {"lr": 2e-3, "retain_weight": 3.0, "retain_batch_size": 32, "warmup_steps": 8},
+    "*": {"lr": 1e-3, "retain_weight": 1.0, "retain_batch_size": 16, "warmup_steps": 0},
 }
 
 
@@ -53,7 +53,7 @@ class UnlearnConfig:
     retain_batch_size: int | None = None  # retain records per step; None: the method's default (METHOD_DEFAULTS)
     retain_weight: float | None = None  # λ of the retain term (ctd: the anchor's weight); None: the method's default
     margin_weight: float = 1.0  # ctd: weight of the top-1 margin hinge inside the anchor (core/losses.py keep_top1)
-    holdout_calibration_share: float = 0.5  # share of the holdout that calibrates (and, for ctd, anchors)
+    warmup_steps: int | None = None  # linear learning-rate warm-up; None: the method's default
     # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
     previous_kl_weight: float = 3.0
@@ -98,7 +98,7 @@ class UnlearnConfig:
             ("retain_batch_size", 0 <= self.retain_batch_size <= 1024),
             ("retain_weight", 0 <= self.retain_weight <= 100),
             ("margin_weight", 0 <= self.margin_weight <= 100),
-            ("holdout_calibration_share", 0 < self.holdout_calibration_share < 1),
+            ("warmup_steps", 0 <= self.warmup_steps <= 100_000),
             ("previous_kl_weight", 0 <= self.previous_kl_weight <= 100),
             ("max_steps", 1 <= self.max_steps <= 100_000),
             ("eval_every", 1 <= self.eval_every <= 100_000),

@@ -89,6 +89,7 @@ class LossInputs:
     forget_target_logp: torch.Tensor | None = None  # ctd: calibrated target log-prob per forget token (shifted)
     forget_top1_allowed: torch.Tensor | None = None  # ctd: where the label may stay the argmax (shifted)
     margin_weight: float = 1.0  # ctd: weight of `keep_top1` in the anchor
+    hinge_rows: int | None = None  # ctd: the first rows of the retain block get `keep_top1` (the rest are strangers)
     retain_weight: float = 1.0
     anchor_weight: float = 0.0  # > 0: the retain term is anchor_weight · KL(starting model ‖ model), not λ·NLL
     npo_beta: float = 0.1
@@ -176,14 +177,18 @@ def keep_top1(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
 def _ctd(x: LossInputs):
     """Calibrated target distillation (this project's default; README "Results" says why):
     `E_t[(log p_θ(y_t) − a*_t)²]` + top-1 demotion on the forget tokens (core/calibration.py), each token
-    pulled to the probability a never-seen record's token has, no further; + w·[KL(starting ‖ model) +
-    `keep_top1`] on D_r and on the holdout's calibration half, which keeps what the model must keep *and* its
-    behaviour on never-seen data (the verdict's other half then shows no drift)."""
+    pulled to the probability a never-seen record's token has, no further; + w·[KL(starting ‖ model) on D_r
+    and on never-seen records + `keep_top1` on D_r]: what the model must keep (its top-1 guesses on retained
+    records are what MA and extraction count) and its behaviour on strangers (what the verdict compares with:
+    KL only, so it neither drifts nor is pushed to be more confident)."""
     term = calibrated_logprob_error(x.forget_logits, x.forget_labels, x.forget_target_logp, x.forget_top1_allowed)
     if x.retain_logits is None or x.ref_retain_logits is None:
         return _combine(term, (x.forget_logits.new_zeros(()), 0.0))
     anchor = kl_to_reference(x.retain_logits, x.ref_retain_logits, x.retain_labels)
-    anchor = anchor + x.margin_weight * keep_top1(x.retain_logits, x.ref_retain_logits, x.retain_labels)
+    k = x.retain_logits.size(0) if x.hinge_rows is None else x.hinge_rows
+    if k and x.margin_weight:
+        hinge = keep_top1(x.retain_logits[:k], x.ref_retain_logits[:k], x.retain_labels[:k])
+        anchor = anchor + x.margin_weight * hinge
     return _combine(term, (anchor, x.retain_weight))
 
 

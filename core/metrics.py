@@ -191,6 +191,36 @@ class SetScores:
     min_k: list[float]  # Min-20% log-prob per record
     zlib: list[float]  # total NLL (nats) per zlib-compressed byte of the target text
     ma: list[float]  # per record
+    el: list[float] | None = None  # per record, when decoded
+    extracted: list[bool] | None = None  # per record, when decoded
+    extracted_short: list[bool] | None = None
+
+    def subset(self, records: list[int]) -> SetScores:
+        """The scores of some of the records (one request's, in a job that serves several), with the set
+        metrics the verdict reads recomputed over them (perplexity and the half-prefix extraction are kept
+        from the whole set: no verdict condition reads them)."""
+        pick = lambda xs: [xs[i] for i in records] if xs is not None else None  # noqa: E731
+        n = max(1, len(records))
+        m = self.metrics
+        metrics = SetMetrics(
+            n=len(records),
+            ma=sum(pick(self.ma)) / n,
+            el10=sum(pick(self.el)) / n if self.el is not None else float("nan"),
+            extraction=sum(pick(self.extracted)) / n if self.extracted is not None else float("nan"),
+            extraction_short=sum(pick(self.extracted_short)) / n if self.extracted_short is not None else float("nan"),
+            extraction_half=m.extraction_half,
+            perplexity=m.perplexity,
+        )
+        return SetScores(
+            metrics,
+            pick(self.loss),
+            pick(self.min_k),
+            pick(self.zlib),
+            pick(self.ma),
+            pick(self.el),
+            pick(self.extracted),
+            pick(self.extracted_short),
+        )
 
     def familiarity(self) -> dict[str, list[float]]:
         """The three membership scores, oriented so that higher means "looks like training data": loss and zlib
@@ -251,7 +281,9 @@ def evaluate_set(
         extraction_half=gen.extraction_half if gen else nan,
         perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
     )
-    return SetScores(metrics, loss, min_k, zlib, ma)
+    if gen is None:
+        return SetScores(metrics, loss, min_k, zlib, ma)
+    return SetScores(metrics, loss, min_k, zlib, ma, gen.record_el, gen.extracted, gen.extracted_short)
 
 
 def record_rows(ts: TokenSet) -> list[list[int]]:
@@ -277,6 +309,8 @@ class Generation:
     extraction_short: float  # any prefix shorter than the configured one (texts); pairs count their prompt
     extraction_half: float  # the configured prefix
     extracted: list[bool]  # per record, any prefix
+    extracted_short: list[bool]  # per record, a short prefix
+    record_el: list[float]  # per record
 
 
 def generation_scores(
@@ -313,8 +347,17 @@ def generation_scores(
         return sum(any(hit[r] for r in rows) for rows in groups) / len(groups)
 
     extracted = [any(hit_any[r] for r in rows) for rows in groups]
-    mean_el = sum(sum(el[r] for r in rows) / len(rows) for rows in groups) / len(groups)
-    return Generation(mean_el, share(hit_any), share(hit_short), share(hit_half), extracted)
+    extracted_short = [any(hit_short[r] for r in rows) for rows in groups]
+    record_el = [sum(el[r] for r in rows) / len(rows) for rows in groups]
+    return Generation(
+        sum(record_el) / len(groups),
+        share(hit_any),
+        share(hit_short),
+        share(hit_half),
+        extracted,
+        extracted_short,
+        record_el,
+    )
 
 
 def mia(forget: SetScores, holdout: SetScores) -> dict[str, float]:

@@ -7,7 +7,7 @@ removed, touched weights restored), so a worker can keep one loaded base model a
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from core.unlearn import (
     prepare,
     train,
 )
-from core.verdict import UNVERIFIED, forgetting, outcome, utility
+from core.verdict import PUBLISHED, UNVERIFIED, judge, outcome, utility
 
 
 @dataclass
@@ -45,26 +45,20 @@ class ForgetResult:
     adapter_dir: Path | None  # None for `full` (a whole model directory is written), and when nothing was unlearned
     reached: bool  # the forgetting conditions hold on the new version
     outcome: str  # core/verdict.py: forgotten | not_memorised | not_reached | model_damaged | unverified
+    outcomes: list[str] = field(default_factory=list)  # per request (group of records), in `groups` order
+
+    @property
+    def publishes(self) -> bool:
+        """Some request's outcome makes the new version worth serving."""
+        return self.adapter_dir is not None and any(o in PUBLISHED for o in (self.outcomes or [self.outcome]))
 
 
 @dataclass
 class Sets:
     forget: TokenSet
     retain: TokenSet
-    holdout: TokenSet  # the verdict's half of the holdout: never trained on, never anchored
+    holdout: TokenSet  # never trained on: the verdict's reference (ctd also calibrates on it and anchors it)
     retain_eval: TokenSet
-    reference: TokenSet  # the holdout's calibration half: targets (ctd) and the anchor on never-seen data
-
-
-def split_holdout(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
-    """(calibration, verdict) indices of a holdout of n records, a seeded split: the records the anchor holds
-    (ctd keeps the model's behaviour on them) are never the ones the verdict tests against. Fewer than 4
-    records: all go to the verdict."""
-    if n < 4:
-        return [], list(range(n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    k = min(n - 2, max(2, round(n * share)))
-    return sorted(order[:k]), sorted(order[k:])
 
 
 def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig, context: int | None = None) -> Sets:
@@ -74,14 +68,12 @@ def encode_sets(tokenizer, forget, retain, holdout, config: UnlearnConfig, conte
     retain_ts = encode_set(tokenizer, retain, **kw)
     gen = torch.Generator().manual_seed(config.seed)
     eval_idx = torch.randperm(len(retain), generator=gen)[: config.eval_max_records].sort().values.tolist()
-    holdout_ts = encode_set(tokenizer, holdout, **kw) if holdout else retain_ts.select([])
-    calibration, verdict = split_holdout(len(holdout), config.holdout_calibration_share, config.seed)
+    holdout_ts = encode_set(tokenizer, holdout[: config.eval_max_records], **kw) if holdout else retain_ts.select([])
     return Sets(
         forget=encode_set(tokenizer, forget, **kw),
         retain=retain_ts,
-        holdout=holdout_ts.select_records(verdict[: config.eval_max_records]),
+        holdout=holdout_ts,
         retain_eval=retain_ts.select_records(eval_idx),
-        reference=holdout_ts.select_records(calibration),
     )
 
 
@@ -124,11 +116,18 @@ def run_forget(
     out_dir: Path,
     progress: Progress | None = None,
     should_cancel: CancelCheck | None = None,
+    groups: list[list[int]] | None = None,
 ) -> ForgetResult:
     """Unlearn `forget` from the model (plus the `previous_adapter` version it builds on) and write the new
-    cumulative adapter to `out_dir`. Raises InvalidInput, Cancelled; the model is restored in every case."""
+    cumulative adapter to `out_dir`. Raises InvalidInput, Cancelled; the model is restored in every case.
+
+    `groups`: indices into `forget` of each request a (coalesced) job serves; each gets its own verdict
+    (`report["verdict"]["requests"]`, `ForgetResult.outcomes`). Default: one request of every record."""
     if not forget:
         raise InvalidInput("the forget set is empty")
+    groups = groups or [list(range(len(forget)))]
+    if sorted(i for g in groups for i in g) != list(range(len(forget))) or any(not g for g in groups):
+        raise InvalidInput("groups must partition the forget records into non-empty requests")
     config.validate()
     with use_precision(config.precision):
         return _forget(
@@ -142,10 +141,13 @@ def run_forget(
             Path(out_dir),
             progress or _noop_progress,
             should_cancel or _never,
+            groups,
         )
 
 
-def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, out_dir, progress, should_cancel):
+def _forget(
+    loaded, forget, retain, holdout, config, probes, previous_adapter, out_dir, progress, should_cancel, groups
+):
     started = time.perf_counter()
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
 
@@ -176,7 +178,9 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         with adapted.merged() as starting:
             before, before_scores = measure(starting, tokenizer, sets, probes, config, device)
         has_holdout = len(sets.holdout) > 0
-        verdict_before = forgetting(before_scores["forget"], before_scores["holdout"], bounds) if has_holdout else None
+        verdict_before = (
+            judge(before_scores["forget"], before_scores["holdout"], bounds, groups) if has_holdout else None
+        )
         original = (
             measure_original(adapted.model, sets, config, device) if prev_delta and config.init != "full" else before
         )
@@ -197,15 +201,14 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
                 else None
             )
             objective = OBJECTIVES[config.method]
-            # A pure anchor may also hold the model's behaviour on the calibration half of the holdout.
-            reference = sets.reference if objective.anchors_reference and len(sets.reference) else None
+            # A pure anchor also holds the model's behaviour on never-seen records (KL only): what the verdict
+            # compares the forget set with stays where it was instead of drifting with the unlearning.
+            reference = sets.holdout if objective.anchors_reference and len(sets.holdout) else None
             if config.init == "fila":
                 fisher_retain = concat([sets.retain, reference]) if reference is not None else sets.retain
                 init_fila(adapted, config, sets.forget, fisher_retain, device, progress, previous=prev_delta)
-            # Targets from the whole holdout (the best estimate of never-seen behaviour); the anchor above
-            # holds only its calibration half, so the verdict's half stays untrained on.
             plan = (
-                calibrate(adapted.model, sets.forget, concat([sets.reference, sets.holdout]), device, bounds.tail_p)
+                calibrate(adapted.model, sets.forget, sets.holdout, device, bounds.tail_p, groups)
                 if objective.needs_forget_targets
                 else None
             )
@@ -226,7 +229,9 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
             progress("evaluating", 1, 2, {"when": "after"})
             with adapted.merged() as trained:
                 after, after_scores = measure(trained, tokenizer, sets, probes, config, device)
-            verdict_after = forgetting(after_scores["forget"], after_scores["holdout"], bounds) if has_holdout else None
+            verdict_after = (
+                judge(after_scores["forget"], after_scores["holdout"], bounds, groups) if has_holdout else None
+            )
             kept = utility(original, after, bounds)
 
             progress("exporting", 0, 1, {})
@@ -243,6 +248,18 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         adapter_info["export_max_abs_diff"] = verify_export(model, adapter_dir, *check, device)
 
     result = outcome(verdict_before, verdict_after, kept) if has_holdout else UNVERIFIED
+    per_request = []
+    for k in range(len(groups)):
+        b = verdict_before.requests[k] if verdict_before else None
+        a = verdict_after.requests[k] if verdict_after else None
+        per_request.append(
+            {
+                "outcome": outcome(b, a, kept) if has_holdout else UNVERIFIED,
+                "records": len(groups[k]),
+                "before": b.to_dict() if b else None,
+                "after": a.to_dict() if a else None,
+            }
+        )
     report = {
         "method": config.method,
         "init": config.init,
@@ -256,8 +273,9 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         "verdict": {
             "outcome": result,
             "bounds": asdict(bounds),
-            "before": verdict_before.to_dict() if verdict_before else None,
-            "after": verdict_after.to_dict() if verdict_after else None,
+            "before": verdict_before.whole.to_dict() if verdict_before else None,
+            "after": verdict_after.whole.to_dict() if verdict_after else None,
+            "requests": per_request,
             "utility": kept.to_dict() if kept else None,
         },
         "original": {k: original[k] for k in ("retain", "holdout")},
@@ -266,7 +284,7 @@ def _forget(loaded, forget, retain, holdout, config, probes, previous_adapter, o
         "adapter": adapter_info,
         "history": loop.history if loop else [],
     }
-    return ForgetResult(report, adapter_dir, report["reached"], result)
+    return ForgetResult(report, adapter_dir, report["reached"], result, [r["outcome"] for r in per_request])
 
 
 def _export(

@@ -25,9 +25,10 @@ from core.export import Component, Delta, rank_of, stacked
 from core.fila import diagonal_fisher, fila_factors, relative_importance
 from core.losses import OBJECTIVES, LossInputs, sequence_logprob, token_logprobs
 from core.metrics import SetScores, evaluate_set, forward_logits
-from core.verdict import Forgetting, Utility, forgetting, scores_pass, utility
+from core.verdict import Forgetting, Judgement, Utility, judge, scores_pass, utility
 
 Progress = Callable[[str, int, int, dict], None]
+STEER_GAIN = 0.5  # ctd: share of a record's measured shortfall added to its targets per check (ForgetTargets.steer)
 CancelCheck = Callable[[], bool]
 
 
@@ -44,7 +45,7 @@ class Check:
     """One evaluation of the stopping rule: the forgetting verdict, the forget scores it came from, and (once
     forgetting holds) whether the model was kept."""
 
-    forgetting: Forgetting
+    forgetting: Judgement
     forget: SetScores
     utility: Utility | None = None
 
@@ -67,16 +68,17 @@ class StoppingRule:
     attack_prefixes: tuple[int, ...] = (4, 8)
     retain: TokenSet | None = None
     original: dict | None = None
+    groups: list[list[int]] | None = None  # the forget records of each request the job serves
 
     def check(self, model: nn.Module, forget_ts: TokenSet, device: torch.device) -> Check:
         f = evaluate_set(model, forget_ts, device, el_n=self.el_n, generate=False)
         h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
-        result = forgetting(f, h, self.bounds)
+        result = judge(f, h, self.bounds, self.groups)
         if not scores_pass(result):
             return Check(result, f)
         f = evaluate_set(model, forget_ts, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
         h = evaluate_set(model, self.holdout, device, el_n=self.el_n, attack_prefixes=())  # EL_n needs one prefix
-        result = forgetting(f, h, self.bounds)
+        result = judge(f, h, self.bounds, self.groups)
         if not result.indistinguishable or self.retain is None or self.original is None or not len(self.retain):
             return Check(result, f)
         r = evaluate_set(model, self.retain, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
@@ -397,6 +399,8 @@ def train(
     model = adapted.model
     params = adapted.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    warmup = config.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     forget_batches = _batches(len(forget_ts), config.batch_size, gen)
@@ -430,23 +434,20 @@ def train(
             return False
         checked = rule.check(model, forget_ts, device)
         result = checked.forgetting
-        last[:] = [result]
-        cond = {c.name: c.value for c in result.conditions}
+        last[:] = [result.whole]
+        cond = {c.name: c.value for c in result.whole.conditions}
         m = {
             "step": step,
             "loss": loss,
             "forget_ma": cond["ma"],
             "forget_el": cond["el"] if result.generated else None,
-            **{f"{name}_auc": t.auc for name, t in result.scores.items()},
+            **{f"{name}_auc": t.auc for name, t in result.whole.scores.items()},
             "failed": result.failed + (checked.utility.failed if checked.utility else []),
         }
         history.append(m)
         progress("unlearning", step, config.max_steps, m)
-        if steerable and step > 0 and not checked.passed and __import__("os").environ.get("CTD_TRACK"):
-            new = targets.calibration.targets(profiles_of(model, targets.reference_ts, device))
-            targets.follow(new.target_logp, new.top1_allowed)
         if steerable and step > 0 and not checked.passed:
-            targets.steer(checked.forget.loss, checked.forget.min_k, gain=float(__import__("os").environ.get("CTD_GAIN", "1")))
+            targets.steer(checked.forget.loss, checked.forget.min_k, gain=STEER_GAIN)
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
@@ -486,6 +487,7 @@ def train(
                 forget_labels=fb.labels,
                 retain_weight=config.retain_weight,
                 margin_weight=config.margin_weight,
+                hinge_rows=config.retain_batch_size - n_ref if n_ref else None,
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
             )
@@ -507,6 +509,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         if step % config.eval_every == 0 or step == config.max_steps:
             if check(step, float(loss.detach())):
                 reached = True
@@ -519,7 +522,12 @@ def train(
 
 @torch.no_grad()
 def calibrate(
-    model: nn.Module, forget_ts: TokenSet, reference_ts: TokenSet, device: torch.device, tail_p: float = 0.05
+    model: nn.Module,
+    forget_ts: TokenSet,
+    reference_ts: TokenSet,
+    device: torch.device,
+    tail_p: float = 0.05,
+    groups: list[list[int]] | None = None,
 ) -> ForgetTargets:
     """The `ctd` objective's targets (core/calibration.py) from the starting model: token levels and record
     profiles on the holdout's calibration half (`reference_ts`), the forget tokens' starting log-probs."""
@@ -530,19 +538,13 @@ def calibrate(
     levels = token_levels(h_labels[h_mask], h_logp[h_mask], _vocab_size(model))
     profiles = holdout_profiles(h_labels, h_logp, h_top1, [e.zlib_bytes for e in reference_ts.encoded])
     f_logp, _, _ = _token_logprobs_of(model, forget_ts, device)
+    row_groups = None
+    if groups:  # records → the rows (windows) that hold them
+        row_groups = [[i for i, e in enumerate(forget_ts.encoded) if e.record in set(g)] for g in groups]
     calibration = Calibration(
-        forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p
+        forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p, row_groups
     )
-    targets = calibration.targets(profiles)
-    targets.calibration, targets.reference_ts = calibration, reference_ts
-    return targets
-
-
-@torch.no_grad()
-def profiles_of(model: nn.Module, ts: TokenSet, device: torch.device) -> list:
-    """The holdout's current profiles (core/calibration.py `Profile`) under the model."""
-    logp, _, top1 = _token_logprobs_of(model, ts, device)
-    return holdout_profiles(ts.labels[:, 1:], logp, top1, [e.zlib_bytes for e in ts.encoded])
+    return calibration.targets(profiles)
 
 
 def _token_logprobs_of(

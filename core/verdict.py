@@ -40,6 +40,7 @@ NOT_MEMORISED = "not_memorised"  # already indistinguishable before any step: no
 NOT_REACHED = "not_reached"  # still distinguishable (or extractable) when the step budget ran out
 MODEL_DAMAGED = "model_damaged"  # indistinguishable, but only by breaking what the model must keep
 UNVERIFIED = "unverified"  # the model has no holdout set: nothing to test indistinguishability against
+PUBLISHED = (FORGOTTEN, UNVERIFIED)  # outcomes whose adapter becomes the model's active version
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,42 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds) -> Forgett
     )
 
 
-def scores_pass(f: Forgetting) -> bool:
+@dataclass
+class Judgement:
+    """The forgetting verdict of a job's whole forget set and of each request it serves: a job serving several
+    requests (coalesced) must make *each* request's records indistinguishable, not only their union."""
+
+    whole: Forgetting
+    requests: list[Forgetting]
+
+    @property
+    def indistinguishable(self) -> bool:
+        return self.whole.indistinguishable and all(r.indistinguishable for r in self.requests)
+
+    @property
+    def failed(self) -> list[str]:
+        names = list(self.whole.failed)
+        for r in self.requests:
+            names += [n for n in r.failed if n not in names]
+        return names
+
+    @property
+    def generated(self) -> bool:
+        return self.whole.generated
+
+
+def judge(forget: SetScores, holdout: SetScores, bounds: Bounds, groups: list[list[int]] | None = None) -> Judgement:
+    """`forgetting` of the whole set and of each group of its records (None or one group: the whole set)."""
+    whole = forgetting(forget, holdout, bounds)
+    if not groups or len(groups) == 1:
+        return Judgement(whole, [whole])
+    return Judgement(whole, [forgetting(forget.subset(g), holdout, bounds) for g in groups])
+
+
+def scores_pass(f: Forgetting | Judgement) -> bool:
     """Everything but EL and extraction holds: worth the greedy decode that settles the rest."""
+    if isinstance(f, Judgement):
+        return scores_pass(f.whole) and all(scores_pass(r) for r in f.requests)
     return all(c.ok for c in f.conditions if c.name not in ("el", "extraction"))
 
 

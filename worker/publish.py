@@ -18,10 +18,7 @@ from sqlalchemy.orm import Session
 from api.models import FAILED, SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
 from core.verdict import FORGOTTEN, NOT_MEMORISED, UNVERIFIED
 from worker import protocol
-from worker.transitions import _transition, add_event, new_audit, requests_of, set_requests
-
-# Outcomes whose adapter becomes the model's active version; every other outcome publishes nothing (`conclude`).
-PUBLISHED = (FORGOTTEN, UNVERIFIED)
+from worker.transitions import _transition, add_event, new_audit, purge_payload, requests_of
 
 
 class LostLease(Exception):
@@ -70,7 +67,74 @@ def audit_bounds(report: dict[str, Any]) -> dict[str, Any]:
     return dict((report.get("verdict") or {}).get("bounds") or report.get("thresholds") or {})
 
 
-def conclude(session: Session, job_id: str, owner: str, outcome: str, report: dict[str, Any], fingerprint: str | None):
+# Request outcomes that end the request `succeeded` (the others fail: nothing certified for it).
+SUCCESS = (FORGOTTEN, UNVERIFIED, NOT_MEMORISED)
+
+
+def request_metrics(report: dict[str, Any], index: int, default: str) -> tuple[str, dict[str, Any]]:
+    """One request's outcome and audit metrics: the job's report with the verdict narrowed to this request's
+    own records (core/pipeline.py `report["verdict"]["requests"]`); the utility half is the job's. A report
+    without per-request verdicts gives every request the job's outcome (`default`)."""
+    metrics = audit_metrics(report)
+    verdict = dict(report.get("verdict") or {})
+    requests = verdict.pop("requests", None) or []
+    if index < len(requests):
+        mine = requests[index]
+        verdict.update({k: mine.get(k) for k in ("outcome", "before", "after")})
+        verdict["records"] = mine.get("records")
+    verdict["outcome"] = verdict.get("outcome") or default
+    metrics["verdict"] = verdict
+    return str(verdict["outcome"]), metrics
+
+
+def _failed_conditions(verdict: dict[str, Any]) -> list[str]:
+    return (verdict.get("after") or {}).get("failed", []) + (verdict.get("utility") or {}).get("failed", [])
+
+
+def _conclude_requests(
+    session: Session,
+    job: Job,
+    report: dict[str, Any],
+    now,
+    *,
+    default: str,
+    version: AdapterVersion | None,
+    built: Built | None,
+) -> list[str]:
+    """An audit record and a final status for every request of the job, each with its own outcome; their
+    payloads are purged with it. Returns the outcomes."""
+    reqs = requests_of(session, job.id)
+    outcomes = []
+    for k, req in enumerate(reqs):
+        outcome, metrics = request_metrics(report, k, default)
+        ok = outcome in SUCCESS
+        which = _failed_conditions(metrics["verdict"])
+        message = None if ok else f"{outcome}: nothing certified" + (f" (failed: {', '.join(which)})" if which else "")
+        new_audit(
+            session,
+            req,
+            job,
+            verdict=outcome,
+            now=now,
+            adapter_version_id=version.id if version is not None and ok else None,
+            adapter_sha256=built.sha256 if built is not None and ok else None,
+            model_fingerprint=(built.fingerprint if built else None) or report.get("model", {}).get("fingerprint"),
+            metrics=metrics,
+            thresholds=audit_bounds(report),
+            config=dict(report.get("config") or job.config),
+            error=message,
+        )
+        req.status = SUCCEEDED if ok else FAILED
+        req.error = message
+        req.finished_at = now
+        purge_payload(req, now)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def conclude(
+    session: Session, job_id: str, owner: str, outcome: str, report: dict[str, Any], fingerprint: str | None
+) -> None:
     """A run that publishes no version, fenced by the lease like `publish`: the model never knew the records
     (`not_memorised`: the requests succeed, with the evidence audited), or unlearning could not be certified
     (`not_reached`, `model_damaged`: nothing is deployed, the requests fail and say which conditions failed)."""
@@ -78,9 +142,8 @@ def conclude(session: Session, job_id: str, owner: str, outcome: str, report: di
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise LostLease(job_id)
-    failed = outcome != NOT_MEMORISED
-    verdict = report.get("verdict") or {}
-    which = (verdict.get("after") or {}).get("failed", []) + (verdict.get("utility") or {}).get("failed", [])
+    failed = outcome not in SUCCESS
+    which = _failed_conditions(report.get("verdict") or {})
     message = None
     if failed:
         message = f"{outcome}: nothing published" + (f" (failed: {', '.join(which)})" if which else "")
@@ -95,27 +158,15 @@ def conclude(session: Session, job_id: str, owner: str, outcome: str, report: di
         error_code=outcome if failed else None,
     ):
         raise LostLease(job_id)
-    for req in requests_of(session, job_id):
-        new_audit(
-            session,
-            req,
-            job,
-            verdict=outcome,
-            now=now,
-            model_fingerprint=fingerprint,
-            metrics=audit_metrics(report),
-            thresholds=audit_bounds(report),
-            config=dict(report.get("config") or job.config),
-            error=message,
-        )
-    set_requests(session, job_id, FAILED if failed else SUCCEEDED, error=message, final=True)
+    report = {**report, "model": {**(report.get("model") or {}), "fingerprint": fingerprint}}
+    outcomes = _conclude_requests(session, job, report, now, default=outcome, version=None, built=None)
     add_event(
         session,
         job_id,
         message
         or "the model did not know the records (as unfamiliar as never-seen data before any step): no new version",
         level="error" if failed else "info",
-        data={"verdict": outcome, "failed": which},
+        data={"verdict": outcome, "failed": which, "requests": outcomes},
     )
 
 
@@ -164,26 +215,17 @@ def publish(session: Session, job_id: str, owner: str, started_from: str | None,
     )
     session.add(version)
     session.flush()
-    verdict = built.outcome
-    for req in requests_of(session, job_id):
-        new_audit(
-            session,
-            req,
-            job,
-            verdict=verdict,
-            now=now,
-            adapter_version_id=version.id,
-            adapter_sha256=built.sha256,
-            model_fingerprint=built.fingerprint,
-            metrics=audit_metrics(report),
-            thresholds=audit_bounds(report),
-            config=dict(report.get("config") or job.config),
-        )
-    set_requests(session, job_id, SUCCEEDED, final=True)
+    outcomes = _conclude_requests(session, job, report, now, default=built.outcome, version=version, built=built)
     add_event(
         session,
         job_id,
-        f"published adapter version {number} ({verdict})",
-        data={"adapter_id": version.id, "version": number, "sha256": built.sha256, "verdict": verdict},
+        f"published adapter version {number} ({built.outcome})",
+        data={
+            "adapter_id": version.id,
+            "version": number,
+            "sha256": built.sha256,
+            "verdict": built.outcome,
+            "requests": outcomes,
+        },
     )
     return version

@@ -30,7 +30,7 @@ from core.records import Probe, Record
 from core.verdict import NOT_MEMORISED
 from worker import protocol, scratch, transitions
 from worker.model_cache import model_cache
-from worker.publish import PUBLISHED, Built, LostLease, StaleParent, active_version, conclude, publish
+from worker.publish import Built, LostLease, StaleParent, active_version, conclude, publish
 from worker.reporter import Heartbeat, JobReporter
 from worker.runtime import Runtime, default_runtime
 
@@ -55,6 +55,7 @@ class JobInputs:
     config: dict[str, Any]
     forget: list[Record]
     probes: list[Probe]
+    groups: list[list[int]]
     retain: list[Record]
     holdout: list[Record]
     parent_id: str | None
@@ -151,13 +152,14 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
                 out_dir=work / "adapter",
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
+                groups=inputs.groups,
             )
             fingerprint = loaded.fingerprint
         reporter.flush()
         reporter.refresh_flags()
         if reporter.cancel_requested.is_set() or reporter.lost_lease.is_set():  # after the last step
             raise Cancelled("cancelled after the last step")
-        if result.outcome not in PUBLISHED or result.adapter_dir is None:
+        if not result.publishes:
             with transaction(rt.sessions) as session:
                 conclude(session, job_id, rt.owner, result.outcome, dict(result.report), fingerprint)
             return SUCCEEDED if result.outcome == NOT_MEMORISED else FAILED
@@ -203,11 +205,13 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
         if job is None or model is None:
             raise LostLease(job_id)
         forget: list[Record] = []
+        groups: list[list[int]] = []  # each request's records, in requests_of order (publication's order too)
         probes: list[Probe] = []
         for req in transitions.requests_of(session, job_id):
             if req.payload is None:
                 raise CoreError(f"request {req.id} has no payload left (already purged)")
             payload = decrypt_payload(rt.settings, req.id, req.payload)
+            groups.append(list(range(len(forget), len(forget) + len(payload["records"]))))
             forget += [Record.from_dict(r) for r in payload["records"]]
             probes += [Probe.from_dict(p) for p in payload.get("probes", [])]
         parent = active_version(session, job.model_id)
@@ -218,6 +222,7 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
             config=dict(job.config),
             forget=forget,
             probes=probes,
+            groups=groups,
             retain=[Record.from_dict(r) for r in model.retain],
             holdout=[Record.from_dict(r) for r in model.holdout],
             parent_id=parent.id if parent else None,

@@ -24,8 +24,17 @@ def test_forgetting_quick(tmp_path):
     assert {(r["method"], r["init"]) for r in back["results"]} == set(forgetting.QUICK_GRID)
     for row in back["results"]:
         assert row["forget_size"] == 2 and _finite(row["steps"]["mean"]) and row["trainable_params"] > 0
-        for key in ("forget_ma", "retain_ma", "holdout_extraction", "retain_perplexity", "mia_loss_auc"):
-            assert _finite(row[key]["mean"])
+        assert len(row["outcomes"]) == 1 and 0.0 <= row["forgotten"] <= 1.0
+        for key in (
+            "loss_auc",
+            "zlib_p",
+            "min_k_auc_fresh",
+            "retain_ma_drop",
+            "retain_extraction_kept",
+            "generic_perplexity_ratio",
+            "seconds",
+        ):
+            assert _finite(row[key]["mean"]), key
     assert path.with_suffix(".png").stat().st_size > 1000
 
 

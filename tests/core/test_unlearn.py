@@ -254,3 +254,28 @@ def test_fila_trains_only_the_first_half_and_exports_exactly_on_bf16_weights(tin
     assert v2.report["adapter"]["parent_rank"] == 16 and v2.report["adapter"]["rank"] == 32
     assert v2.report["adapter"]["export_max_abs_diff"] <= 1e-3
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_a_job_serving_several_requests_gives_each_its_own_verdict(tiny_loaded, tiny_world, tmp_path):
+    """A coalesced job: one adapter, but every request's records are judged on their own, and a request the
+    model never knew says so while the other is forgotten."""
+    forget = tiny_world.forget[:4] + tiny_world.holdout[:2]  # request 2: two people the model never saw
+    holdout = tiny_world.holdout[2:]
+    r = run_forget(
+        tiny_loaded,
+        forget,
+        tiny_world.retain,
+        holdout,
+        fast_config(),
+        out_dir=tmp_path / "g",
+        groups=[[0, 1, 2, 3], [4, 5]],
+    )
+    requests = r.report["verdict"]["requests"]
+    assert [q["records"] for q in requests] == [4, 2] and len(r.outcomes) == 2
+    assert r.outcomes[1] == "not_memorised" and requests[1]["before"]["indistinguishable"]
+    assert requests[0]["before"]["failed"]  # request 1 was memorised
+    assert r.outcomes[0] == "forgotten" and r.publishes
+    for q in requests:
+        assert q["after"]["scores"]["loss"]["n_forget"] == q["records"]
+    with pytest.raises(InvalidInput, match="partition"):
+        run_forget(tiny_loaded, forget, [], holdout, fast_config(), out_dir=tmp_path / "x", groups=[[0, 1]])
