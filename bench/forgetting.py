@@ -149,7 +149,10 @@ def _summarise(size: int, method: str, init: str, runs: list[dict]) -> dict:
         "retain_ma": mean_sd([after(r, "retain", "ma") for r in runs]),
         "retain_ma_drop": mean_sd([r["original"]["retain"]["ma"] - after(r, "retain", "ma") for r in runs]),
         "retain_extraction_kept": mean_sd(
-            [after(r, "retain", "extraction_short") / max(1e-9, r["original"]["retain"]["extraction_short"]) for r in runs]
+            [
+                after(r, "retain", "extraction_short") / max(1e-9, r["original"]["retain"]["extraction_short"])
+                for r in runs
+            ]
         ),
         "generic_perplexity_ratio": mean_sd([r["outside"]["generic_perplexity_ratio"] for r in runs]),
         "holdout_perplexity_ratio": mean_sd(
@@ -167,6 +170,10 @@ def _summarise(size: int, method: str, init: str, runs: list[dict]) -> dict:
         {c for r in runs for c in ((r["verdict"]["after"] or {}).get("failed", []) + _utility_failed(r))}
     )
     return row
+
+
+def _kept(extraction: float, r: dict) -> float:
+    return extraction / max(1e-9, r["original"]["retain"]["extraction_short"])
 
 
 def _utility_failed(r: dict) -> list[str]:
@@ -208,7 +215,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny world, one seed, two methods (CI smoke test)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--max-steps", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=None, help="step budget (default: each method's)")
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
     ap.add_argument("--methods", nargs="*", default=None, help="method+init pairs, e.g. ctd+fila ihl+lora")
     args = ap.parse_args()

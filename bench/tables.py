@@ -19,22 +19,19 @@ def _ms(cell: dict | None, digits: int = 2) -> str:
 
 
 def forgetting(result: dict) -> str:
-    before = result["before"]
+    """README Results table of bench/forgetting: the verdict's evidence and what it cost."""
     lines = [
-        f"Before unlearning: retain MA {before['retain']['ma']:.3f}, retain extraction "
-        f"{before['retain']['extraction']:.2f}; holdout (never seen) MA {before['holdout']['ma']:.3f}, "
-        f"extraction {before['holdout']['extraction']:.2f}.",
-        "",
-        "| forget | method + init | reached | steps | seconds | forget MA | forget extr. | retain MA | retain extr. "
-        "| retain ppl | MIA AUC (loss) | trainable |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| forget | method + init | forgotten | AUC loss / zlib / Min-k (p loss) | AUC vs fresh never-seen "
+        "| retain MA drop | retain extr. kept | generic ppl × | steps | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
+        aucs = " / ".join(_ms(r[f"{s}_auc"]) for s in ("loss", "zlib", "min_k"))
+        fresh = " / ".join(_ms(r[f"{s}_auc_fresh"]) for s in ("loss", "zlib", "min_k"))
         lines.append(
-            f"| {r['forget_size']} | {r['method']}+{r['init']} | {r['reached']:.0%} | {_ms(r['steps'], 0)} | "
-            f"{_ms(r['seconds'], 1)} | {_ms(r['forget_ma'], 3)} | {_ms(r['forget_extraction'])} | "
-            f"{_ms(r['retain_ma'], 3)} | {_ms(r['retain_extraction'])} | {_ms(r['retain_perplexity'])} | "
-            f"{_ms(r['mia_loss_auc'])} | {r['trainable_params']:,} |"
+            f"| {r['forget_size']} | {r['method']}+{r['init']} | {r['forgotten']:.0%} | {aucs} ({_ms(r['loss_p'])}) | "
+            f"{fresh} | {_ms(r['retain_ma_drop'], 3)} | {_ms(r['retain_extraction_kept'])} | "
+            f"{_ms(r['generic_perplexity_ratio'], 3)} | {_ms(r['steps'], 0)} | {_ms(r['seconds'], 1)} |"
         )
     return "\n".join(lines)
 

@@ -79,57 +79,6 @@ class ForgetTargets:
     record_start_loss: list[float]
     donor: list[int]  # the holdout record whose profile each forget record takes
     mask: torch.Tensor  # bool B×(T−1): the target tokens
-    min_k: float = 0.2
-    start_logp: torch.Tensor | None = None  # the starting model's log-probs (no target goes above them)
-
-    def __post_init__(self) -> None:
-        self.start = self.start_logp if self.start_logp is not None else torch.zeros_like(self.target_logp)
-        self.loss_offset = torch.zeros(self.target_logp.size(0))
-        self.min_k_offset = torch.zeros(self.target_logp.size(0))
-        self.follow(self.target_logp, self.top1_allowed)
-
-    def follow(self, plan: torch.Tensor, top1_allowed: torch.Tensor) -> None:
-        """Set the plan (offsets kept) and derive the tokens that make up each row's Min-k%."""
-        self.plan = plan.clone()
-        self.top1_allowed = top1_allowed
-        n = self.mask.sum(1)
-        k = (n.double() * self.min_k).floor().long().clamp_min(1)
-        ranks = self.plan.masked_fill(~self.mask, float("inf")).argsort(1).argsort(1)
-        self.low = (ranks < k[:, None]) & self.mask  # the tokens Min-k% will be made of
-        self._apply()
-
-    def planned(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's planned mean NLL and Min-k% (what the holdout's profiles ask for)."""
-        count = self.mask.sum(1).clamp_min(1)
-        loss = -(self.plan * self.mask).sum(1) / count
-        min_k = (self.plan * self.low).sum(1) / self.low.sum(1).clamp_min(1)
-        return loss, min_k
-
-    def steer(self, loss: list[float], min_k: list[float], gain: float = 1.0) -> None:
-        """Integral control of what membership inference sees. The token targets are a means; a record's mean
-        NLL and Min-k% are what the verdict scores, and the token-level fit falls short of them (a phone
-        digit shared with retained records cannot quite reach −19 while the anchor holds those). A record
-        whose realised loss stays below its plan, or whose Min-k% stays above it, is asked for the shortfall
-        on top: Min-k%'s on its lowest tokens, the loss's on its other pushed tokens. Only once a record is
-        near its plan (no wind-up on the way) and at most 10 % of the plan per check (one check is noisy). Both
-        ways: a fit that overshoots (tokens pushed past their plan) is asked for less, though never for more
-        likelihood than the token started with."""
-        want_loss, want_min_k = self.planned()
-        got_loss, got_min_k = torch.tensor(loss, dtype=torch.float32), torch.tensor(min_k, dtype=torch.float32)
-        near = got_loss >= 0.9 * want_loss
-        bound = 0.1 * want_loss.mean()
-        self.loss_offset += near * (gain * (want_loss - got_loss)).clamp(-bound, bound)
-        self.min_k_offset += near * (gain * (got_min_k - want_min_k)).clamp(-bound, bound)
-        limit = float(want_loss.max())
-        self.loss_offset.clamp_(-limit, limit)
-        self.min_k_offset.clamp_(-limit, limit)
-        self._apply()
-
-    def _apply(self) -> None:
-        pushed = self.mask & ~self.low & (self.plan < -1e-3)
-        share = self.mask.sum(1, keepdim=True) / pushed.sum(1, keepdim=True).clamp_min(1)
-        t = self.plan - self.low * self.min_k_offset[:, None] - pushed * (self.loss_offset[:, None] * share)
-        self.target_logp = torch.minimum(t, self.start).clamp_max(0.0) * self.mask
 
 
 @dataclass
@@ -234,9 +183,7 @@ def forget_targets(
         if keep:
             allowed[i, pos[order[-keep:]]] = True  # the easiest tokens may stay the top-1 guess
     target = target * mask
-    return ForgetTargets(
-        target, allowed, (-target.sum(1) / count).tolist(), start_loss.tolist(), chosen, mask, min_k, start_logp
-    )
+    return ForgetTargets(target, allowed, (-target.sum(1) / count).tolist(), start_loss.tolist(), chosen, mask)
 
 
 def fit_profile(donor: torch.Tensor, n: int, min_k: float = 0.2, mean: float | None = None) -> torch.Tensor:

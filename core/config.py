@@ -19,8 +19,8 @@ ADAPTER_INITS = ("fila", "lora")
 # Per-method defaults of the retain term: ctd's anchor needs more rows and weight to hold the retained records
 # while its targets are reached (measured on the demo world: README "Results"); the others keep the paper's λ=1.
 METHOD_DEFAULTS: dict[str, dict] = {
-    "ctd": {"lr": 2e-3, "retain_weight": 3.0, "retain_batch_size": 32, "warmup_steps": 8},
-    "*": {"lr": 1e-3, "retain_weight": 1.0, "retain_batch_size": 16, "warmup_steps": 0},
+    "ctd": {"lr": 2e-3, "retain_weight": 3.0, "retain_batch_size": 32, "warmup_steps": 8, "max_steps": 200},
+    "*": {"lr": 1e-3, "retain_weight": 1.0, "retain_batch_size": 16, "warmup_steps": 0, "max_steps": 100},
 }
 
 
@@ -31,9 +31,9 @@ class Bounds:
     alpha: float = 0.05
     auc_tolerance: float = 0.1
     tail_p: float = 0.05
-    max_retain_ma_drop: float = 0.03
-    min_retain_extraction_kept: float = 0.75
-    max_perplexity_ratio: float = 1.10
+    max_retain_ma_drop: float = 0.02
+    min_retain_extraction_kept: float = 0.9
+    max_perplexity_ratio: float = 1.05
 
 
 @dataclass
@@ -57,7 +57,7 @@ class UnlearnConfig:
     # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
     previous_kl_weight: float = 3.0
-    max_steps: int = 100
+    max_steps: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     eval_every: int = 4
     npo_beta: float = 0.1
     seed: int = 0
@@ -73,9 +73,9 @@ class UnlearnConfig:
     auc_tolerance: float = 0.1  # every score's AUC forget vs. holdout within 0.5 ± this
     tail_p: float = 0.05  # no forget record more familiar than this share of the holdout (conformal p)
     attack_prefix_tokens: list[int] = field(default_factory=lambda: [4, 8])  # short extraction prompts
-    max_retain_ma_drop: float = 0.03  # kept: retain MA at most this far below the original model's
-    min_retain_extraction_kept: float = 0.75  # kept: short-prefix retain extraction ≥ this share of the original's
-    max_perplexity_ratio: float = 1.10  # kept: holdout perplexity at most this multiple of the original's
+    max_retain_ma_drop: float = 0.02  # kept: retain MA at most this far below the original model's
+    min_retain_extraction_kept: float = 0.9  # kept: short-prefix retain extraction ≥ this share of the original's
+    max_perplexity_ratio: float = 1.05  # kept: holdout perplexity at most this multiple of the original's
 
     def __post_init__(self) -> None:
         for name, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["*"]).items():

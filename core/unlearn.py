@@ -28,7 +28,6 @@ from core.metrics import SetScores, evaluate_set, forward_logits
 from core.verdict import Forgetting, Judgement, Utility, judge, scores_pass, utility
 
 Progress = Callable[[str, int, int, dict], None]
-STEER_GAIN = 0.5  # ctd: share of a record's measured shortfall added to its targets per check (ForgetTargets.steer)
 CancelCheck = Callable[[], bool]
 
 
@@ -388,8 +387,8 @@ def train(
 
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
     `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
-    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), steered at every
-    check towards the record-level scores they plan (`ForgetTargets.steer`). `reference_ts`: never-seen
+    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), fixed for the run.
+    `reference_ts`: never-seen
     records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
     step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift."""
     objective = OBJECTIVES[config.method]
@@ -410,7 +409,6 @@ def train(
     )
     retain_batches = _batches(len(retain_ts), config.retain_batch_size - n_ref, gen) if use_retain else None
     reference_batches = _batches(len(reference_ts), n_ref, gen) if n_ref else None
-    steerable = targets is not None and len(forget_ts) == forget_ts.n_records  # rows are records (no windows)
 
     ref_forget_logp = None
     if objective.needs_ref_forget_logp:
@@ -446,8 +444,6 @@ def train(
         }
         history.append(m)
         progress("unlearning", step, config.max_steps, m)
-        if steerable and step > 0 and not checked.passed:
-            targets.steer(checked.forget.loss, checked.forget.min_k, gain=STEER_GAIN)
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
