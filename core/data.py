@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.chat import encode_chat, uses_chat_template
 from core.errors import InvalidInput
 from core.records import Record
 
@@ -24,6 +25,7 @@ class Encoded:
     prefix_len: int  # ids[:prefix_len] is the prompt/prefix, ids[prefix_len:] the target
     prompted: bool = False  # a prompt/completion pair: the prompt is the only extraction prefix
     zlib_bytes: int = 1  # zlib-compressed size of the target text (the zlib membership score's normaliser)
+    target_mask: list[bool] | None = None  # a conversation: which tokens are targets (its assistant turns)
 
 
 @dataclass
@@ -77,7 +79,11 @@ def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_leng
 
     For text the prefix is the first `prefix_fraction` of the tokens (at least one, at most all but one);
     for prompt/completion it is the prompt, so extraction asks "does the prompt still elicit the completion".
+    Conversations, and pairs on a model with a chat template, are rendered by the template (core/chat.py).
     """
+    if uses_chat_template(tokenizer, record):
+        chat = encode_chat(tokenizer, record, max_length=max_length)
+        return Encoded(chat.ids, chat.prefix_len, True, zlib_size(chat.target_text), chat.target_mask)
     if record.text is not None:
         ids = _ids(tokenizer, record.text, add_special=True)
         ids = _ensure_eos(tokenizer, ids)[:max_length]
@@ -148,6 +154,9 @@ def tensorize(encoded: list[Encoded], pad: int, *, records: list[Record] | None 
         t = torch.tensor(e.ids, dtype=torch.long)
         input_ids[i, : len(t)] = t
         mask[i, : len(t)] = 1
+        if e.target_mask is not None:  # a conversation: its assistant turns, wherever they are
+            labels[i, : len(t)] = t.masked_fill(~torch.tensor(e.target_mask), IGNORE)
+            continue
         is_pair = records is not None and records[i].text is None
         start = e.prefix_len if (is_pair or target == "suffix") else 0
         labels[i, start : len(t)] = t[start:]
