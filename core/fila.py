@@ -93,7 +93,10 @@ def _accumulator(acc: torch.Tensor):
             per_batch = max(1, GRADIENT_BUDGET_BYTES // (acc.numel() * 4))
             for s in range(0, g.size(0), per_batch):
                 per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
-                acc.add_(per_example.square_().sum(0))
+                if per_example.size(0) == 1:  # a large layer, one example at a time: square and add in one pass
+                    acc.addcmul_(per_example[0], per_example[0])
+                else:
+                    acc.add_(per_example.square_().sum(0))
 
         output.register_hook(on_grad)
 

@@ -106,13 +106,8 @@ def random_model(config, *, seed: int = 0, dtype: torch.dtype = torch.float32, d
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # `from_config`'s dtype argument is spelled differently across versions
-    try:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
 
 
