@@ -6,7 +6,8 @@ the retain set, so the few trainable parameters are exactly the ones that carry 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -89,18 +90,39 @@ def _accumulator(acc: torch.Tensor):
         x = args[0].detach()
 
         def on_grad(grad: torch.Tensor) -> None:
+            exact_tf32 = grad.is_cuda and grad.dtype in HALF and x.dtype in HALF
             g, xf = grad.float(), x.float()
             per_batch = max(1, GRADIENT_BUDGET_BYTES // (acc.numel() * 4))
-            for s in range(0, g.size(0), per_batch):
-                per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
-                if per_example.size(0) == 1:  # a large layer, one example at a time: square and add in one pass
-                    acc.addcmul_(per_example[0], per_example[0])
-                else:
-                    acc.add_(per_example.square_().sum(0))
+            with _tf32(exact_tf32):
+                for s in range(0, g.size(0), per_batch):
+                    per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
+                    if per_example.size(0) == 1:  # a large layer, one example at a time: square, add in one pass
+                        acc.addcmul_(per_example[0], per_example[0])
+                    else:
+                        acc.add_(per_example.square_().sum(0))
 
         output.register_hook(on_grad)
 
     return hook
+
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls for the per-example products when their operands are bf16/fp16 values upcast to fp32:
+    TF32 keeps 10 mantissa bits, as many as fp16 and more than bf16, so every product is exact (accumulation
+    stays fp32) and the GPU's tensor cores do the work. Process-wide while it lasts (one job per GPU)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def relative_importance(f_forget: torch.Tensor, f_retain: torch.Tensor) -> torch.Tensor:
