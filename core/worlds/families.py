@@ -107,7 +107,10 @@ def random_model(config, *, seed: int = 0, dtype: torch.dtype = torch.float32, d
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        except TypeError:  # a transformers that still spells it `torch_dtype`
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
     return model.eval()
 
 

@@ -156,3 +156,25 @@ def test_a_chat_job_forgets_the_assistant_turns_and_keeps_the_system_prompt(tiny
     assert reply_after > reply_before + 2.0  # the assistant turns are what was forgotten
     assert recited_before and recited_after  # the system prompt is not
     assert sys_after < 0.05
+
+
+@pytest.mark.slow
+def test_the_readme_chat_example_runs_from_the_command_line(tiny_chat_world, tmp_path):
+    """`unlearnd demo-model --chat` (here: the cached world it builds) and `unlearnd unlearn` on its
+    conversations, as README "From the command line" shows."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["demo-model", "--chat", "--out", str(tiny_chat_world.root)])
+    assert built.exit_code == 0 and "reusing the chat world" in built.output  # the CLI's defaults = this world
+    w, out = tiny_chat_world, tmp_path / "adapter"
+    args = ["unlearn", "--model", w.model_dir, "--forget", w.forget_path, "--retain", w.retain_path]
+    args += ["--holdout", w.holdout_path, "--max-steps", 40, "--out", out]
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["before"]["forget"]["extraction"] >= 0.8 and report["after"]["forget"]["extraction"] == 0.0

@@ -13,6 +13,7 @@ from core.export import Component, read_adapter, write_adapter
 from core.lora import is_conv1d
 from core.modeling import default_target_modules, find_targets, load_model
 from core.pipeline import run_forget
+from core.serving import serving_rank
 from core.unlearn import adapt, train
 from tests.conftest import fast_config
 
@@ -58,7 +59,8 @@ def test_fresh_base_plus_exported_adapter_reproduces_trained_logits(arch, init, 
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["bias"] == "none" and not cfg.get("modules_to_save")
     assert cfg["base_model_name_or_path"] == str(source)
-    assert cfg["r"] == (2 * config.rank if init == "fila" else config.rank)  # FILA: the rank-2r conversion
+    trained_rank = 2 * config.rank if init == "fila" else config.rank  # FILA: the rank-2r conversion
+    assert cfg["r"] == serving_rank(trained_rank)  # zero-padded to a rank serving engines accept
     assert cfg["lora_alpha"] == pytest.approx(cfg["r"] * config.scaling)
     assert (out / "adapter_model.safetensors").is_file()
 
