@@ -152,7 +152,7 @@ def _print_summary(report: dict) -> None:
         for m in ("ma", "el10", "extraction", "perplexity"):
             table.add_row(s, m, f"{report['before'][s][m]:.3f}", f"{report['after'][s][m]:.3f}")
     if report["before"].get("mia"):
-        for m in ("loss_auc", "mink_auc"):
+        for m in report["before"]["mia"]:  # one AUC per membership score (core/metrics.py `mia`)
             table.add_row(
                 "forget vs holdout",
                 f"MIA {m}",
