@@ -2,7 +2,7 @@
 # The GPU check (issue 12): on one GPU, well within 8 minutes,
 #   1. the tests that need CUDA (tests/gpu: bf16 autocast, SDPA/flash attention, Fisher memory groups, exact
 #      export on bf16 weights), time-boxed;
-#   2. bench/scale's 1B and 8B rows, then the loop's efficiency at 8B against the bf16 matmul peak measured in
+#   2. bench/scale's 1B and 8B rows, and the loop's efficiency at 8B against the bf16 matmul peak measured in
 #      the same run (bench/gpu_check.py), time-boxed, its JSON rewritten after every row.
 # Writes <out>/gpu-check-<device>.json (and gpu-tests.xml); <out> defaults to bench/results.
 # `--dry-run`: the same on the CPU with a tiny model, in seconds (CI runs it: tests/bench/test_gpu_check.py).
@@ -22,9 +22,9 @@ for arg in "$@"; do
   esac
 done
 PY="${PYTHON:-python3}"
-TESTS_TIMEOUT="${GPU_CHECK_TESTS_TIMEOUT:-140}"
-BENCH_BUDGET="${GPU_CHECK_BENCH_BUDGET:-250}"   # rows that would start later are skipped and marked
-BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-310}" # hard stop; the JSON holds every row finished before it
+TESTS_TIMEOUT="${GPU_CHECK_TESTS_TIMEOUT:-120}"
+BENCH_BUDGET="${GPU_CHECK_BENCH_BUDGET:-290}"   # rows that would start later are skipped and marked
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-330}" # hard stop; the JSON holds every row finished before it
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 mkdir -p "$OUT"

@@ -331,11 +331,12 @@ def run_size(
     *,
     deadline: float | None = None,
     on_update=None,
-    keep_model: bool = False,
-):
-    """Every forget-set size on one model of `size`: `(entry, loaded)`, the model only with `keep_model`.
-    `on_update(entry)` runs once the model is built and after every row (callers rewrite their JSON); rows
-    that would start after `deadline` (a perf_counter time) are skipped and say so."""
+    efficiency: tuple[int, int] | None = None,
+) -> dict:
+    """Every forget-set size on one model of `size`. `efficiency=(batch, steps)` first times the loop alone
+    (`efficiency_row`), before the job rows, so a time-boxed run never loses it. `on_update(entry)` runs once
+    the model is built and after every row (callers rewrite their JSON); rows that would start after
+    `deadline` (a perf_counter time) are skipped and say so."""
     import torch
 
     t0 = time.perf_counter()
@@ -353,6 +354,12 @@ def run_size(
     log(f"{size}: {params / 1e6:.1f}M parameters on {device} in {entry['init_seconds']} s")
     if on_update is not None:
         on_update(entry)
+    if efficiency is not None:
+        entry["efficiency"] = efficiency_row(loaded, corpus_, *efficiency, peak_gflops)
+        eff = entry["efficiency"]["efficiency"]
+        log(f"{size} loop alone at {efficiency[0]}+{efficiency[0]} rows: efficiency {eff}")
+        if on_update is not None:
+            on_update(entry)
     for n in forget_sizes:
         if deadline is not None and time.perf_counter() > deadline:
             entry["rows"].append({"forget_records": n, "skipped": "time box"})
@@ -367,12 +374,10 @@ def run_size(
         )
         if on_update is not None:
             on_update(entry)
-    if keep_model:
-        return entry, loaded
     del loaded
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return entry, None
+    return entry
 
 
 def main() -> None:
@@ -397,7 +402,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"scale-{device.type}.json"
     for size in args.sizes.split(","):
-        entry, _ = run_size(size, corp, device, forget_sizes, args.steps, peak["gflops_median"])
+        entry = run_size(size, corp, device, forget_sizes, args.steps, peak["gflops_median"])
         result["sizes"].append(entry)
         path.write_text(json.dumps(result, indent=2))
     log(f"wrote {path}")
