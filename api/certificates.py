@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 FORMAT = "unlearnd-certificate/1"
 ALG = "Ed25519"
-RECORD_HASH_ALGORITHM = "sha256(record_salt + ':' + canonical JSON of the record {text | prompt, completion})"
+RECORD_HASH_ALGORITHM = (
+    "sha256(record_salt + ':' + canonical JSON of the record {text | prompt, completion | messages})"
+)
 # The audit record's chained fields (api/audit.CHAINED_FIELDS) as certificate members: `id` is `audit_id`.
 _RENAMED = {"id": "audit_id"}
 

@@ -123,6 +123,13 @@ class InvalidModelSource(ApiError):
     code = "invalid_model_source"
 
 
+class ChatTemplateMissing(ApiError):
+    """Conversation records for a model whose directory has no chat template to render them with."""
+
+    status_code = 422
+    code = "chat_template_missing"
+
+
 class InvalidCursor(ApiError):
     status_code = 422
     code = "invalid_cursor"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from api import limits, schemas, security
+from api.chat import check_chat_records
 from api.crypto import encrypt_payload
 from api.errors import HoldoutRequired, InvalidConfig, NotFound
 from api.models import ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
@@ -54,6 +55,7 @@ def create(
             details={"holdout_count": model.holdout_count, "required": MIN_HOLDOUT},
         )
     records = [r.to_record() for r in body.records]
+    check_chat_records(settings, model.source, records)
     salt = security.new_salt()
     req_id = new_id("req")
     payload = {"records": [r.to_dict() for r in records], "probes": [p.model_dump() for p in body.probes]}

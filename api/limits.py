@@ -11,7 +11,7 @@ from api.settings import Settings
 
 
 def _chars(record: schemas.RecordIn) -> int:
-    return sum(len(v) for v in (record.text, record.prompt, record.completion) if v)
+    return record.to_record().chars
 
 
 def check_record_chars(settings: Settings, field: str, records: Sequence[schemas.RecordIn]) -> None:

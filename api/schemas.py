@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.config import ADAPTER_INITS, METHODS
 from core.errors import InvalidInput
-from core.records import Record
+from core.records import ROLES, Message, Record
 
 T = TypeVar("T")
 
@@ -35,12 +35,20 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class MessageIn(_In):
+    role: Literal[ROLES]  # type: ignore[valid-type]
+    content: str = Field(max_length=100_000)
+
+
 class RecordIn(_In):
-    """`{"text": ...}` or `{"prompt": ..., "completion": ...}` (only the completion is forgotten)."""
+    """`{"text": ...}`, `{"prompt": ..., "completion": ...}` (only the completion is forgotten), or
+    `{"messages": [{"role", "content"}, ...]}` (rendered with the model's chat template; only the assistant
+    turns are forgotten)."""
 
     text: str | None = Field(None, max_length=100_000)
     prompt: str | None = Field(None, max_length=100_000)
     completion: str | None = Field(None, max_length=100_000)
+    messages: list[MessageIn] | None = Field(None, min_length=1, max_length=1_000)
 
     @model_validator(mode="after")
     def _valid_record(self) -> RecordIn:
@@ -51,7 +59,8 @@ class RecordIn(_In):
         return self
 
     def to_record(self) -> Record:
-        return Record(text=self.text, prompt=self.prompt, completion=self.completion)
+        messages = tuple(Message(m.role, m.content) for m in self.messages) if self.messages is not None else None
+        return Record(text=self.text, prompt=self.prompt, completion=self.completion, messages=messages)
 
 
 class ProbeIn(_In):

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     bootstrap_key: SecretStr | None = Field(None, description="Ensure an admin API key with this secret exists.")
     model_cache_size: int = Field(1, ge=0, le=16, description="Base models kept loaded in a worker process.")
     device: str | None = Field(None, description="Torch device of the worker; default cuda if present.")
+    worker_gpus: str | None = Field(
+        None,
+        pattern=r"^\s*\d+(\s*,\s*\d+)*\s*$",
+        description="GPUs (indices as the worker sees them, e.g. 0,1,2,3) one model is placed across: for models "
+        "larger than one GPU; each job then uses all of them.",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -125,6 +131,13 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def worker_devices(self) -> list[str] | None:
+        """`worker_gpus` as torch devices (`cuda:0`, `cuda:1`, ...), or None: one device (`device`)."""
+        if not self.worker_gpus:
+            return None
+        return [f"cuda:{int(i)}" for i in self.worker_gpus.split(",")]
 
     @property
     def resolved_model_roots(self) -> tuple[Path, ...]:

@@ -141,6 +141,38 @@ def speed(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def scale(result: dict) -> str:
+    """bench/scale.py (or bench/gpu_check.py) rows: one per model size and forget-set size."""
+    lines = [
+        f"Device: {result['device']}; matmul peak {result['peak']['gflops_median']:,.0f} GFLOP/s "
+        f"({result['peak']['dtype']}, measured in the same run).",
+        "",
+        "| model | params | forget | job s | evaluate (before + after) | Fisher + FILA | steps | export "
+        "| peak memory GB | step s | step efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in result.get("sizes", []):
+        for r in size.get("rows", []):
+            head = f"| {size['size']} | {size.get('params', 0) / 1e6:,.0f}M | {r['forget_records']} |"
+            if "job_seconds" not in r:
+                lines.append(f"{head} not measured ({r.get('skipped', '?')}) |" + " |" * 7)
+                continue
+            sh = r["phase_shares"]
+            lines.append(
+                f"{head} {r['job_seconds']:.1f} | {sh.get('evaluate_before', 0) + sh.get('evaluate_after', 0):.0%} "
+                f"| {sh.get('fisher_fila', 0):.0%} | {sh.get('unlearning', 0):.0%} | {sh.get('exporting', 0):.0%} "
+                f"| {r['peak_memory_gb']:.1f} | {r['step_seconds_median']:.3f} | {r['step_efficiency']:.2f} |"
+            )
+        if size.get("efficiency"):
+            e = size["efficiency"]
+            lines.append(
+                f"\nLoop alone at {size['size']}, {e['batch_forget']} + {e['batch_retain']} rows "
+                f"({e['tokens_per_step']} tokens a step): {e['step_seconds_median']:.3f} s a step, "
+                f"{e['step_gflops']:,.0f} GFLOP/s, efficiency {e['efficiency']:.2f}."
+            )
+    return "\n".join(lines)
+
+
 def _level(r: dict, c: str) -> dict:
     return next(lv for lv in r["api"]["levels"] if str(lv["concurrency"]) == c)
 
@@ -155,6 +187,9 @@ def main() -> None:
         if path.is_file():
             result = json.loads(path.read_text())
             print(f"### {name} (commit {result['machine'].get('commit', '?')})\n\n{render(result)}\n")
+    for path in sorted(folder.glob("scale-*.json")) + sorted(folder.glob("gpu-check-*.json")):
+        if "dry-run" not in path.name:
+            print(f"### {path.stem}\n\n{scale(json.loads(path.read_text()))}\n")
     before, after = folder / "speed-before.json", folder / "speed.json"
     if before.is_file() and after.is_file():
         print(f"### speed\n\n{speed(json.loads(before.read_text()), json.loads(after.read_text()))}\n")

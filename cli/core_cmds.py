@@ -17,26 +17,44 @@ def _fail(message: str) -> None:
 
 def demo_model(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the world into.")],
-    people: Annotated[int, typer.Option(help="Trained people (forget + retain).")] = 300,
-    forget: Annotated[int, typer.Option(help="People in forget.jsonl.")] = 10,
-    holdout: Annotated[int, typer.Option(help="Never-trained people in holdout.jsonl.")] = 50,
+    people: Annotated[int | None, typer.Option(help="Trained people (forget + retain); 300, --chat 60.")] = None,
+    forget: Annotated[int | None, typer.Option(help="People in forget.jsonl; 10, --chat 6.")] = None,
+    holdout: Annotated[int | None, typer.Option(help="Never-trained people in holdout.jsonl; 50, --chat 24.")] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed builds the same world.")] = 0,
     size: Annotated[
         str, typer.Option(help="default (4 layers x 256, minutes) or tiny (2 x 128, seconds).")
     ] = "default",
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help="Conversations instead of texts: a tiny Llama with a chat template answers questions about "
+            "the people (seconds; --size does not apply).",
+        ),
+    ] = False,
 ) -> None:
-    """Generate fictitious people, train a tokenizer and a tiny GPT-Neo until it memorises them."""
+    """Generate fictitious people, train a tokenizer and a tiny GPT-Neo until it memorises them (with --chat:
+    a tiny Llama with a chat template, on conversations)."""
     from dataclasses import replace
 
+    from core.worlds.chat import ChatWorldSpec, build_chat_world
     from core.worlds.pii import WorldSpec, build_world, tiny_spec
 
+    defaults = ChatWorldSpec() if chat else WorldSpec()
+    people = defaults.people if people is None else people
+    forget = defaults.forget if forget is None else forget
+    holdout = defaults.holdout if holdout is None else holdout
     if people < 2 or not 1 <= forget < people or holdout < 1:
         _fail("need people >= 2, 1 <= forget < people and holdout >= 1")
     if size not in ("default", "tiny"):
         _fail(f"unknown size {size!r}; choose default or tiny")
     base = WorldSpec() if size == "default" else tiny_spec()
     try:
-        world = build_world(out, replace(base, people=people, forget=forget, holdout=holdout, seed=seed))
+        if chat:
+            spec = ChatWorldSpec(people=people, forget=forget, holdout=holdout, seed=seed)
+            world = build_chat_world(out, spec)
+        else:
+            world = build_world(out, replace(base, people=people, forget=forget, holdout=holdout, seed=seed))
     except ValueError as e:
         _fail(str(e))
     typer.echo(

@@ -73,7 +73,11 @@ def worker(
     ctx: typer.Context,
     queues: Annotated[str | None, typer.Option("-Q", "--queues", help="Default: UNLEARND_CELERY_QUEUE.")] = None,
     gpu: Annotated[
-        str | None, typer.Option(help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES; one worker per GPU).")
+        str | None,
+        typer.Option(
+            help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES; one worker per GPU), or to several "
+            "(`--gpu 0,1`: one model placed across them, for models larger than one GPU; sets UNLEARND_WORKER_GPUS)."
+        ),
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: solo (default: one job per process) or prefork.")] = "solo",
     concurrency: Annotated[int, typer.Option("-c", "--concurrency", help="Processes (prefork only).")] = 1,
@@ -88,11 +92,14 @@ def worker(
 
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        owned = len(gpu.split(","))
+        if owned > 1:  # the visible GPUs are renumbered 0..n-1 inside the process
+            os.environ["UNLEARND_WORKER_GPUS"] = ",".join(str(i) for i in range(owned))
     from worker.celery_app import worker_app
 
     app = worker_app()
     argv = ["worker", "-Q", queues or app.conf.task_default_queue, "-P", pool, "-c", str(concurrency), "-l", loglevel]
-    argv += ["-n", hostname or (f"gpu{gpu}@%h" if gpu is not None else "worker@%h")]
+    argv += ["-n", hostname or (f"gpu{gpu.replace(',', '-')}@%h" if gpu is not None else "worker@%h")]
     argv += ["--without-gossip", "--without-mingle"]  # nothing to gossip: the database coordinates workers
     app.worker_main([*argv, *ctx.args])
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.chat import encode_chat, uses_chat_template
 from core.errors import InvalidInput
 from core.records import Record
 
@@ -28,6 +29,7 @@ class Encoded:
     label_from: int = 0  # first position whose token is a target (0 for a whole text; the prompt's end for a pair)
     record: int = 0  # the record this row belongs to (set by `encode_set`)
     window: int = 0  # which window of its record (0 unless the record is longer than the context)
+    target_mask: list[bool] | None = None  # a conversation: which tokens are targets (its assistant turns)
 
 
 @dataclass
@@ -91,7 +93,20 @@ def encode_record(tokenizer, record: Record, *, prefix_fraction: float, max_leng
 
     For text the prefix is the first `prefix_fraction` of the tokens (at least one, at most all but one);
     for prompt/completion it is the prompt, so extraction asks "does the prompt still elicit the completion".
+    Conversations, and pairs on a model with a chat template, are rendered by the template (core/chat.py).
     """
+    if uses_chat_template(tokenizer, record):
+        chat = encode_chat(tokenizer, record, max_length=max_length)
+        return [
+            Encoded(
+                chat.ids,
+                chat.prefix_len,
+                prompted=True,
+                zlib_bytes=zlib_size(chat.target_text),
+                label_from=chat.prefix_len,
+                target_mask=chat.target_mask,
+            )
+        ]
     if record.text is not None:
         ids = _ensure_eos(tokenizer, _ids(tokenizer, record.text, add_special=True))
         if len(ids) < 2:
@@ -199,6 +214,9 @@ def tensorize(encoded: list[Encoded], pad: int, *, target: str = "all"):
         t = torch.tensor(e.ids, dtype=torch.long)
         input_ids[i, : len(t)] = t
         mask[i, : len(t)] = 1
+        if e.target_mask is not None:  # a conversation: its assistant turns, wherever they are
+            labels[i, : len(t)] = t.masked_fill(~torch.tensor(e.target_mask), IGNORE)
+            continue
         start = max(e.label_from, e.prefix_len) if target == "suffix" else e.label_from
         labels[i, start : len(t)] = t[start:]
     return TokenSet(input_ids, mask, labels, encoded)

@@ -4,7 +4,9 @@ A delta on one weight is a list of components `(A, B, s)` meaning `ΔW = Σ s·B
 on the residual base `W − s·B₀·A₀`, so its delta on the original W is `s·B·A − s·B₀·A₀`: the rank-2r LoRA
 `A' = [A; A₀]`, `B' = [B, −B₀]` (what peft calls `path_initial_model_for_weight_conversion`). A cumulative
 version prepends the previous version's components. Every component's scale is folded into B relative to the
-exported scale, so any mix of ranks and alphas exports exactly.
+exported scale, so any mix of ranks and alphas exports exactly. The written rank is padded with zero rows up to
+one that LoRA-serving engines accept (core/serving.py), and zero rows are dropped again when a version is read
+back, so a cumulative version grows by the ranks actually trained, not by the padding.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def rank_of(delta: Delta) -> int:
     return max((sum(c.a.size(0) for c in comps) for comps in delta.values()), default=0)
 
 
+def exported_rank(delta: Delta) -> int:
+    """The rank `write_adapter` writes: `rank_of`, padded up to a rank serving engines accept."""
+    from core.serving import serving_rank
+
+    return serving_rank(rank_of(delta))
+
+
 def stacked(comps: list[Component], scale: float, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Components as one LoRA pair under scaling `scale`: A (rank × in) and B (out × rank), each component's
     own scale folded into its B, zero-padded to `rank` (a module with a smaller total rank)."""
@@ -60,15 +69,16 @@ def write_adapter(
     fan_in_fan_out: bool,
     scale: float,
 ) -> Path:
-    """Write `delta` as one LoRA of rank `Σ r_k` with scaling `scale` (α' = scale·r'). Modules whose total
-    rank is smaller are padded with zero rows so one `r` serves the whole adapter."""
+    """Write `delta` as one LoRA of rank `exported_rank(delta)` with scaling `scale` (α' = scale·r'). Modules
+    whose total rank is smaller are padded with zero rows, so one `r` serves the whole adapter and engines
+    that accept only a few ranks (8, 16, 32, …) load it."""
     from safetensors.torch import save_file
 
     from core.lora import lora_config
 
     if not delta:
         raise InvalidInput("nothing to export: the delta has no modules")
-    rank = rank_of(delta)
+    rank = exported_rank(delta)
     tensors = {}
     for name, comps in delta.items():
         a, b = stacked(comps, scale, rank)
@@ -105,5 +115,11 @@ def read_adapter(adapter_dir: Path) -> tuple[Delta, dict]:
             continue
         name = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
         b = tensors[key.replace(".lora_A.weight", ".lora_B.weight")]
-        delta[name] = [Component(a.float(), b.float(), scale)]
+        delta[name] = [Component(*_without_zero_rows(a.float(), b.float()), scale)]
     return delta, cfg
+
+
+def _without_zero_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the rank-1 terms whose A row and B column are both zero (padding): the product is unchanged."""
+    keep = (a != 0).any(dim=1) | (b != 0).any(dim=0)
+    return a[keep], b[:, keep]

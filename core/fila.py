@@ -6,7 +6,8 @@ the retain set, so the few trainable parameters are exactly the ones that carry 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,6 +19,12 @@ from core.losses import token_logprobs
 
 EPS = 1e-5
 GRADIENT_BUDGET_BYTES = 256 << 20  # per layer: how much memory per-example gradients may take at once
+# Weights whose smaller side is at most this get an exact SVD (the tests' and demo's models, bit for bit);
+# larger ones a randomised one: an exact SVD of a 2048 × 8192 weight takes 6.8 s on 2 CPU cores, and a 8B
+# model has 224 weights up to 4096 × 14336, where the randomised one takes milliseconds on a GPU.
+EXACT_SVD_MAX_DIM = 512
+RANDOMISED_SVD_OVERSAMPLE = 16
+RANDOMISED_SVD_ITERATIONS = 8
 
 
 def diagonal_fisher(
@@ -38,7 +45,11 @@ def diagonal_fisher(
     right padding gets zero gradient). No weight gradient is ever computed: only activations carry grad.
     """
     n = len(ts) if max_examples is None else min(len(ts), max_examples)
-    acc = {name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=device) for name, m in targets.items()}
+    # Each accumulator lives with its layer: a model placed across several GPUs keeps its Fisher spread too.
+    acc = {
+        name: torch.zeros(weight_matrix(m).shape, dtype=torch.float32, device=m.weight.device)
+        for name, m in targets.items()
+    }
     # Examples of similar length share a batch, so little compute goes to padding (the sum ignores order).
     lengths = ts.attention_mask[:n].sum(1)
     order = sorted(range(n), key=lambda i: int(lengths[i]))
@@ -79,15 +90,39 @@ def _accumulator(acc: torch.Tensor):
         x = args[0].detach()
 
         def on_grad(grad: torch.Tensor) -> None:
+            exact_tf32 = grad.is_cuda and grad.dtype in HALF and x.dtype in HALF
             g, xf = grad.float(), x.float()
             per_batch = max(1, GRADIENT_BUDGET_BYTES // (acc.numel() * 4))
-            for s in range(0, g.size(0), per_batch):
-                per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
-                acc.add_(per_example.square_().sum(0))
+            with _tf32(exact_tf32):
+                for s in range(0, g.size(0), per_batch):
+                    per_example = torch.einsum("bto,bti->boi", g[s : s + per_batch], xf[s : s + per_batch])
+                    if per_example.size(0) == 1:  # a large layer, one example at a time: square, add in one pass
+                        acc.addcmul_(per_example[0], per_example[0])
+                    else:
+                        acc.add_(per_example.square_().sum(0))
 
         output.register_hook(on_grad)
 
     return hook
+
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls for the per-example products when their operands are bf16/fp16 values upcast to fp32:
+    TF32 keeps 10 mantissa bits, as many as fp16 and more than bf16, so every product is exact (accumulation
+    stays fp32) and the GPU's tensor cores do the work. Process-wide while it lasts (one job per GPU)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def relative_importance(f_forget: torch.Tensor, f_retain: torch.Tensor) -> torch.Tensor:
@@ -101,12 +136,14 @@ def fila_factors(
     """FILA factors for one weight W (out × in), from DESIGN §5 / Cha et al. 2024:
 
     `w_i = sqrt(Σ_j F_rel[i, j])`, `U, S, V = svd_r(diag(w)·W)`, `A = sqrt(S/s)·Vᵀ` (r × in),
-    `B = diag(1/(w + 1e-5))·U·sqrt(S/s)` (out × r). The caller sets the frozen base to `W − s·B·A`, so the
-    model is unchanged at step 0 (PiSSA's residual init, with Fisher row weights).
+    `B = diag(1/(w + 1e-5))·U·sqrt(S/s)` (out × r). The caller never writes `W − s·B·A` into the base: it
+    trains the rank-2r LoRA `[A; A₀]`, `[B, −B₀]` on the untouched W with the second half frozen
+    (core/unlearn.py `init_fila`), so the model is unchanged at step 0 (PiSSA's residual init, with Fisher
+    row weights).
     """
     w32 = weight.float()
-    row = f_rel.float().sum(dim=1).sqrt()
-    u, s, vh = torch.linalg.svd(row[:, None] * w32, full_matrices=False)
+    row = f_rel.float().to(w32.device).sum(dim=1).sqrt()
+    u, s, vh = top_svd(row[:, None] * w32, rank)
     r = min(rank, s.numel())
     root = (s[:r] / scaling).sqrt()
     a = root[:, None] * vh[:r]
@@ -115,3 +152,22 @@ def fila_factors(
         a = torch.cat([a, a.new_zeros(rank - r, a.size(1))])
         b = torch.cat([b, b.new_zeros(b.size(0), rank - r)], dim=1)
     return a, b
+
+
+def top_svd(m: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The leading singular triplets of m (at least `rank` of them): exact for small matrices, else randomised
+    subspace iteration (Halko, Martinsson & Tropp 2011, algorithm 4.4) with `rank + 16` columns, 8 power
+    iterations and a seeded start, so a job is reproducible. The FILA paper's code uses `torch.svd_lowrank`
+    with 2 iterations. Either way the model is unchanged at step 0: the frozen half is −B₀A₀ of the same factors.
+    """
+    if min(m.shape) <= max(EXACT_SVD_MAX_DIM, rank):
+        return torch.linalg.svd(m, full_matrices=False)
+    width = min(rank + RANDOMISED_SVD_OVERSAMPLE, min(m.shape))
+    gen = torch.Generator(device=m.device).manual_seed(seed)
+    y = m @ torch.randn(m.size(1), width, generator=gen, device=m.device, dtype=m.dtype)
+    for _ in range(RANDOMISED_SVD_ITERATIONS):
+        q, _ = torch.linalg.qr(y)  # re-orthonormalise, or the columns collapse onto the top direction
+        y = m @ (m.T @ q)
+    q, _ = torch.linalg.qr(y)
+    u_small, s, vh = torch.linalg.svd(q.T @ m, full_matrices=False)
+    return q @ u_small, s, vh

@@ -91,31 +91,66 @@ def weights_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(source: str | Path, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    source: str | Path,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    devices: list[str] | None = None,
+) -> LoadedModel:
     """Load a local HF causal-LM directory (no hub access: `local_files_only`), in fp32 on CPU and bf16
-    weights on CUDA. Anything that is not a loadable causal LM raises ModelLoadError with the reason."""
+    weights on CUDA. With several `devices` (a worker that owns several GPUs: `UNLEARND_WORKER_GPUS`) the
+    decoder layers are split across them (core/placement.py). Anything that is not a loadable causal LM raises
+    ModelLoadError with the reason."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     fingerprint = weights_fingerprint(source)
     if not (Path(source) / "config.json").is_file():
         raise ModelLoadError(f"{source} has no config.json: not a Hugging Face model directory")
-    dev = pick_device(device)
+    placed = devices is not None and len(devices) > 1
+    dev = pick_device(devices[0] if devices else device)
     dtype = dtype or weights_dtype(dev)  # `dtype`: tests run the GPU's bf16 weights on a CPU
     try:
         # transformers picks the attention kernel: SDPA (flash / memory-efficient on a GPU) where the family
         # has it, eager otherwise (GPT-Neo). Padded batches and left-padded decoding are tested on both.
-        model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype)
+        kwargs = {"device_map": _plan(source, devices)} if placed else {}
+        model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for bad dirs
         reason = " ".join(str(e).split())[:300]  # one line: it ends up in a job event or a CLI error
         raise ModelLoadError(f"cannot load a causal LM from {source}: {type(e).__name__}: {reason}") from None
-    model.to(dev).eval()
+    fuse_activations(model)
+    if placed:
+        from core.placement import dispatch, input_device, is_dispatched
+
+        if not is_dispatched(model):  # every part on one physical device: transformers added no hooks
+            dispatch(model, kwargs["device_map"])
+        dev = input_device(model)
+        model.eval()
+    else:
+        model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    fuse_activations(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, str(source), fingerprint, dev)
+
+
+def _plan(source: str | Path, devices: list[str]) -> dict:
+    """The device map of `source` across `devices`, planned on a weightless (meta) copy of the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from core.placement import plan_device_map
+
+    config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return plan_device_map(skeleton, [_device_name(d) for d in devices])
+
+
+def _device_name(device: str) -> str | int:
+    """accelerate's spelling: a GPU by its index, anything else by name."""
+    d = torch.device(device)
+    return d.index if d.type == "cuda" and d.index is not None else str(d)
 
 
 def fuse_activations(model: nn.Module) -> int:

@@ -16,7 +16,7 @@ from core.config import UnlearnConfig
 from core.data import TokenSet, concat, encode_set, tensorize
 from core.device import use_precision
 from core.errors import Cancelled, InvalidInput
-from core.export import WEIGHTS_NAME, rank_of, read_adapter, write_adapter
+from core.export import WEIGHTS_NAME, exported_rank, rank_of, read_adapter, write_adapter
 from core.hashing import file_sha256
 from core.lora import is_conv1d
 from core.losses import OBJECTIVES
@@ -307,7 +307,7 @@ def _export(
         fan_in_fan_out=any(is_conv1d(m) for m in targets.values()),
         scale=config.scaling,
     )
-    rank = rank_of(delta)
+    rank = exported_rank(delta)  # padded to a rank serving engines accept (core/serving.py)
     info = {
         "kind": "lora",
         "rank": rank,

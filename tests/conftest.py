@@ -61,3 +61,12 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_world):
     GPT2LMHeadModel(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_world():
+    """The chat-formatted PII world: a tiny Llama with a chat template (≈ 8 s to build once, then cached)."""
+    from core.worlds.chat import ChatWorldSpec, build_chat_world
+
+    spec = ChatWorldSpec()
+    return build_chat_world(CACHE / f"tiny-chat-world-{spec.key()}", spec, log=lambda _m: None)

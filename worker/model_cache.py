@@ -38,14 +38,21 @@ class ModelCache:
         self._lock = threading.Lock()
 
     @contextmanager
-    def borrow(self, source: str, device: str | None, stats: dict[str, Any] | None = None) -> Iterator[Any]:
+    def borrow(
+        self,
+        source: str,
+        device: str | None,
+        stats: dict[str, Any] | None = None,
+        devices: list[str] | None = None,
+    ) -> Iterator[Any]:
         """Yield a `core.modeling.LoadedModel` for `source`, loading it unless a cached copy is current.
+        `devices`: several GPUs the model is placed across (core/placement.py) instead of `device`.
         `stats`, if given, receives `hit` (bool) and `load_seconds` (time to get the model, waits included)."""
         from core.modeling import load_model
 
         started = time.perf_counter()
         path = Path(source).expanduser().resolve()
-        key = (str(path), device, _stat_key(path))
+        key = (str(path), device, tuple(devices or ()), _stat_key(path))
         with self._lock:
             entry = self._entries.get(key)
             hit = entry is not None
@@ -54,7 +61,7 @@ class ModelCache:
                 self.hits += 1
             else:
                 self.misses += 1
-                entry = _Entry(load_model(path, device=device))
+                entry = _Entry(load_model(path, device=device, devices=devices))
                 if self.capacity > 0:
                     self._entries[key] = entry
                     while len(self._entries) > self.capacity:

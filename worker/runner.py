@@ -185,7 +185,8 @@ def _borrow(rt: Runtime, source: str, stats: dict[str, Any]) -> Iterator[Any]:
             f"model source {source!r} is not a model directory inside this worker's model roots (UNLEARND_MODEL_ROOTS)"
         ) from None
     try:
-        with model_cache(rt.settings.model_cache_size).borrow(path, rt.settings.device, stats) as loaded:
+        cache = model_cache(rt.settings.model_cache_size)
+        with cache.borrow(path, rt.settings.device, stats, devices=rt.settings.worker_devices) as loaded:
             yield loaded
     except ModelLoadError as e:
         raise ModelLoadError(str(e).replace(path, source)) from None

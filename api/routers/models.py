@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api import limits, model_sources, schemas, views
+from api.chat import check_chat_records
 from api.deps import ADAPTERS_READ, MODELS_ADMIN, AppSettings, Caller, DbSession, ModelDep, scope
 from api.errors import Conflict, InvalidConfig, InvalidModelSource
 from api.idempotency import IdempotencyKeyHeader
@@ -59,6 +60,7 @@ def register_model(
     for field, records in (("retain", body.retain), ("holdout", body.holdout)):
         limits.check_record_chars(settings, field, records)
     source = _check_source(settings, body.source)
+    check_chat_records(settings, source, [r.to_record() for r in (*body.retain, *body.holdout)])
     defaults = _check_defaults(body.default_config)
     taken = session.scalar(
         select(BaseModel.id).where(BaseModel.tenant_id == caller.tenant_id, BaseModel.name == body.name)

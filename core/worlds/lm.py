@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.data import encode_set
+from core.data import TokenSet, encode_set
 from core.metrics import evaluate_set
 from core.records import Record
 
@@ -64,11 +64,19 @@ def train_memorise(
 ) -> dict:
     """AdamW with linear warm-up and cosine decay over `max_steps`, stopping once greedy extraction of the
     probe texts' suffixes reaches the target. Returns the training summary."""
+    ts = encode_set(tokenizer, [Record(text=t) for t in train_texts], max_length=spec.max_positions)
+    probe = encode_set(tokenizer, [Record(text=t) for t in probe_texts], max_length=spec.max_positions)
+    return train_memorise_sets(model, ts, probe, spec, seed=seed, log=log)
+
+
+def train_memorise_sets(
+    model, ts: TokenSet, probe: TokenSet, spec: LMSpec, *, seed: int, log: Callable[[str], None] = print
+) -> dict:
+    """`train_memorise` on encoded sets: the training labels are whatever `ts` carries, and extraction is
+    measured from each probe record's own prefix."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cpu")
-    ts = encode_set(tokenizer, [Record(text=t) for t in train_texts], max_length=spec.max_positions)
-    probe = encode_set(tokenizer, [Record(text=t) for t in probe_texts], max_length=spec.max_positions)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
 
     def lr_at(step: int) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 2048):
+def train_tokenizer(texts: list[str], vocab_size: int = 2048, extra_special: tuple[str, ...] = ()):
+    """`extra_special`: more special tokens, each one id that BPE never splits (a chat template's role
+    markers such as `<|user|>`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -12,7 +14,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
+        special_tokens=["<pad>", "<s>", "</s>", *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -23,4 +25,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
         pair="<s> $A </s> $B </s>",
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=list(extra_special),
+    )

@@ -13,6 +13,7 @@ from core.export import Component, read_adapter, write_adapter
 from core.lora import is_conv1d
 from core.modeling import default_target_modules, find_targets, load_model
 from core.pipeline import run_forget
+from core.serving import serving_rank
 from core.unlearn import adapt, train
 from tests.conftest import fast_config
 
@@ -58,7 +59,8 @@ def test_fresh_base_plus_exported_adapter_reproduces_trained_logits(arch, init, 
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["bias"] == "none" and not cfg.get("modules_to_save")
     assert cfg["base_model_name_or_path"] == str(source)
-    assert cfg["r"] == (2 * config.rank if init == "fila" else config.rank)  # FILA: the rank-2r conversion
+    trained_rank = 2 * config.rank if init == "fila" else config.rank  # FILA: the rank-2r conversion
+    assert cfg["r"] == serving_rank(trained_rank)  # zero-padded to a rank serving engines accept
     assert cfg["lora_alpha"] == pytest.approx(cfg["r"] * config.scaling)
     assert (out / "adapter_model.safetensors").is_file()
 
@@ -74,7 +76,8 @@ def test_components_with_different_scales_export_exactly(tmp_path):
     write_adapter(tmp_path, delta, base_model="x", target_modules=["layer"], fan_in_fan_out=False, scale=2.0)
     back, cfg = read_adapter(tmp_path)
     expected = sum(c.delta() for c in delta["layer"])
-    assert cfg["r"] == 5
+    assert cfg["r"] == 8  # rank 5, zero-padded to the next rank serving engines accept
+    assert back["layer"][0].a.size(0) == 5  # the padding is dropped when read back
     assert torch.allclose(back["layer"][0].delta(), expected, atol=1e-5)
 
 

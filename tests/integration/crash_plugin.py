@@ -11,10 +11,10 @@ from worker.model_cache import ModelCache
 _borrow = ModelCache.borrow
 
 
-def _crashing_borrow(self, source, device, stats=None):
+def _crashing_borrow(self, source, device, stats=None, **kwargs):
     if "crash-me" in str(source):
         os.kill(os.getpid(), signal.SIGKILL)
-    return _borrow(self, source, device, stats)
+    return _borrow(self, source, device, stats, **kwargs)
 
 
 ModelCache.borrow = _crashing_borrow

@@ -74,7 +74,11 @@ def requests(served: tuple[FastAPI, TestClient]) -> dict[str, str]:
     with transaction(sessions) as session:
         assert protocol.claim(session, succeeded, OWNER, utcnow(), 600, 3)
         publish(
-            session, succeeded, OWNER, None, Built("a" * 64, 123, "local:adapters/x.tar.gz", REPORT, "forgotten", "f" * 64)
+            session,
+            succeeded,
+            OWNER,
+            None,
+            Built("a" * 64, 123, "local:adapters/x.tar.gz", REPORT, "forgotten", "f" * 64),
         )
     failed = _job_of(sessions, ids["failed"])
     with transaction(sessions) as session:
