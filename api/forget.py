@@ -16,8 +16,14 @@ from core.errors import InvalidInput
 
 
 def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
-    """core defaults ← the model's defaults ← the request's method/init/config, validated by core itself."""
+    """core defaults ← the model's defaults ← the request's method/init/config, validated by core itself.
+
+    The default method (`ctd`) calibrates against the model's holdout set; for a model registered without one
+    (nothing can be verified there anyway: its requests end `unverified`) the default is `ihl`, which needs
+    none. A request or model that names `ctd` explicitly without a holdout is refused (HoldoutRequired)."""
     merged = dict(model.default_config)
+    if "method" not in merged and not body.method and model.holdout_count < MIN_HOLDOUT:
+        merged["method"] = "ihl"
     if body.method:
         merged["method"] = body.method
     if body.init:

@@ -21,22 +21,37 @@ alone. Pure tensor code: the inputs are token log-probs the caller computed with
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
 
 from core.data import IGNORE
+from core.stats import auc
 
 
 @dataclass
 class TokenLevels:
-    """Per-token-id mean log-probability on the holdout, shrunk towards the overall mean."""
+    """Per-token-id mean log-probability on the holdout, shrunk towards the overall mean (empirical Bayes,
+    `prior` pseudo-tokens): how predictable a token is for this model in a stranger's record."""
 
-    level: torch.Tensor  # (V,) float: s(v)
+    total: torch.Tensor  # (V,) float64: sum of the holdout's log-probs per token id
+    count: torch.Tensor  # (V,) float64
     overall: float
+    prior: float = 2.0
 
     def of(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.level[ids.clamp(0, self.level.numel() - 1)]
+        ids = ids.clamp(0, self.total.numel() - 1)
+        return ((self.total[ids] + self.prior * self.overall) / (self.count[ids] + self.prior)).float()
+
+    def without(self, ids: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """The levels of one holdout record's tokens with that record left out (its own log-probs would make
+        its estimate look right by construction)."""
+        ids = ids.long().clamp(0, self.total.numel() - 1)
+        own_total = torch.zeros_like(self.total).index_add_(0, ids, logp.double())
+        own_count = torch.zeros_like(self.count).index_add_(0, ids, torch.ones_like(logp, dtype=torch.float64))
+        total, count = self.total - own_total, self.count - own_count
+        return ((total[ids] + self.prior * self.overall) / (count[ids] + self.prior)).float()
 
 
 def token_levels(ids: torch.Tensor, logp: torch.Tensor, vocab_size: int, prior_strength: float = 2.0) -> TokenLevels:
@@ -46,8 +61,7 @@ def token_levels(ids: torch.Tensor, logp: torch.Tensor, vocab_size: int, prior_s
     overall = float(logp.mean()) if logp.numel() else 0.0
     total = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, ids, logp)
     count = torch.zeros(vocab_size, dtype=torch.float64).index_add_(0, ids, torch.ones_like(logp))
-    level = (total + prior_strength * overall) / (count + prior_strength)
-    return TokenLevels(level.float(), overall)
+    return TokenLevels(total, count, overall, prior_strength)
 
 
 @dataclass
@@ -89,6 +103,8 @@ class Profile:
     logp: torch.Tensor
     top1: int
     zlib_bytes: int = 1
+    ids: torch.Tensor | None = None  # the target token ids, in position order
+    raw: torch.Tensor | None = None  # their log-probs, in position order
 
     @property
     def loss(self) -> float:
@@ -106,9 +122,11 @@ def holdout_profiles(
     """Profiles of the holdout records from shifted labels, their log-probs and argmax hits (B×T')."""
     mask = labels != IGNORE
     zb = zlib_bytes or [1] * labels.size(0)
-    return [
-        Profile(logp[i][mask[i]].sort().values, int((top1[i] & mask[i]).sum()), zb[i]) for i in range(labels.size(0))
-    ]
+    out = []
+    for i in range(labels.size(0)):
+        raw = logp[i][mask[i]]
+        out.append(Profile(raw.sort().values, int((top1[i] & mask[i]).sum()), zb[i], labels[i][mask[i]], raw))
+    return out
 
 
 def donor_pool(profiles: list[Profile], tail_p: float) -> list[int]:
@@ -146,37 +164,39 @@ def forget_targets(
     hardness = torch.minimum(stranger, start_logp)
     count = mask.sum(1).clamp_min(1)
     start_loss = -(start_logp * mask).sum(1) / count
-    stranger_loss = -(stranger * mask).sum(1) / count
     donors = donor_pool(profiles, tail_p)
-    zb = zlib_bytes or [1] * labels.size(0)
     n = labels.size(0)
     target = start_logp.clone()
     allowed = torch.zeros_like(mask)
     chosen = [0] * n
-    window = max(1, round(0.1 * len(donors)))
+    zb = zlib_bytes or [int(c) for c in count]  # without sizes: one byte a token (zlib then follows loss)
+    per_byte = [float(count[i]) / zb[i] for i in range(n)]  # tokens per compressed byte
     quantile = [0.5] * n
     for rows in groups or [list(range(n))]:
-        # harder for a stranger → a higher-loss donor
-        for rank, i in enumerate(sorted(rows, key=lambda r: float(stranger_loss[r]))):
+        # Quantiles spread evenly over each request's records: the more tokens a record has per compressed
+        # byte, the shorter and more predictable its tokens — a lower loss quantile, as strangers' records
+        # have. (Loss and zlib are tied by zlib = loss·tokens/bytes; this order keeps both AUCs near 0.5.)
+        for rank, i in enumerate(sorted(rows, key=lambda r: -per_byte[r])):
             quantile[i] = (rank + 0.5) / len(rows)
+    # The holdout's per-record scores, as the verdict computes them (NLL oriented: higher = less familiar);
+    # the donor pool only lends its profiles' shapes.
+    h_loss = sorted(p.loss for p in profiles)
+    h_zlib = sorted(-p.familiarity(min_k)[1] for p in profiles)
+    h_min_k = sorted(p.familiarity(min_k)[2] for p in profiles)
+    shift = _centre(quantile, per_byte, h_loss, h_zlib, h_min_k)
     for i in range(n):
         pos = mask[i].nonzero().squeeze(-1)
-        own = pos.numel() / zb[i]  # tokens per compressed byte
-        at = min(len(donors) - 1, int(quantile[i] * len(donors)))
-        # Among the donors near this quantile, the one whose tokens-per-compressed-byte is closest to the
-        # record's: then matching its loss also matches its zlib score.
-        near = donors[max(0, at - window) : at + window + 1]
-        j = min(near, key=lambda c: abs(profiles[c].logp.numel() / profiles[c].zlib_bytes - own))
-        chosen[i] = j
-        d = profiles[j]
-        # What remains of the difference between the loss that matches the donor's loss and the one that
-        # matches its zlib score: meet half-way (geometric mean), so neither AUC drifts.
-        density = (d.logp.numel() / d.zlib_bytes) / own if zlib_bytes else 1.0
-        profile = fit_profile(d.logp, pos.numel(), min_k, mean=-d.loss * density**0.5)  # ascending
+        q = min(0.99, max(0.01, quantile[i] + shift))
+        chosen[i] = donors[min(len(donors) - 1, int(q * len(donors)))]
+        d = profiles[chosen[i]]  # the shape of its profile
+        loss = _joint_loss(q, h_loss, h_zlib, per_byte[i])
+        low_mean = _quantile(h_min_k, 1.0 - q)  # a harder record has a lower Min-k%
+        profile = fit_profile(d.logp, pos.numel(), min_k, mean=-loss, low_mean=low_mean)  # ascending
         order = hardness[i, pos].argsort()  # the hardest token takes the profile's lowest log-prob
         t = torch.empty(pos.numel())
         t[order] = profile
-        target[i, pos] = torch.minimum(t, start_logp[i, pos])  # never more likely than it started
+        k_low = max(1, int(pos.numel() * min_k))
+        target[i, pos] = _cap(t, start_logp[i, pos], order[k_low:])
         # The donor's MA, rounded down, less one: the TDEC rule asks forget MA ≤ holdout MA, and a profile
         # that only equals the donors' would sit on that line.
         keep = max(0, int(d.top1 * pos.numel() / d.logp.numel()) - 1)
@@ -186,15 +206,18 @@ def forget_targets(
     return ForgetTargets(target, allowed, (-target.sum(1) / count).tolist(), start_loss.tolist(), chosen, mask)
 
 
-def fit_profile(donor: torch.Tensor, n: int, min_k: float = 0.2, mean: float | None = None) -> torch.Tensor:
-    """The donor's sorted log-probs carried to `n` tokens so that the two summary scores built from them come
-    out the same: the mean (loss; `mean` overrides it) and the mean of the lowest `max(1, ⌊k·n⌋)` (Min-k%).
-    The lowest part and the rest are resampled separately and each shifted to its mean (log-probs stay ≤ 0)."""
+def fit_profile(
+    donor: torch.Tensor, n: int, min_k: float = 0.2, mean: float | None = None, low_mean: float | None = None
+) -> torch.Tensor:
+    """The donor's sorted log-probs carried to `n` tokens with the two summary scores built from them set: the
+    mean (loss; the donor's unless `mean`) and the mean of the lowest `max(1, ⌊k·n⌋)` (Min-k%; the donor's
+    unless `low_mean`). The lowest part and the rest are resampled separately and each shifted to its mean
+    (log-probs stay ≤ 0)."""
     m = donor.numel()
     k_d, k_n = max(1, int(m * min_k)), max(1, int(n * min_k))
     low, high = donor[:k_d], donor[k_d:]
     low_n = _resample(low, k_n)
-    low_n = low_n + (low.mean() - low_n.mean())
+    low_n = low_n + ((low.mean() if low_mean is None else torch.tensor(low_mean)) - low_n.mean())
     if n == k_n:
         return low_n
     overall = donor.mean() if mean is None else torch.tensor(mean)
@@ -202,6 +225,69 @@ def fit_profile(donor: torch.Tensor, n: int, min_k: float = 0.2, mean: float | N
     high_n = _resample(high if high.numel() else low[-1:], n - k_n)
     high_n = (high_n + (rest_mean - high_n.mean())).clamp_max(0.0)
     return torch.cat([low_n, high_n]).sort().values
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default `linear` method)."""
+    pos = min(max(q, 0.0), 1.0) * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+
+
+def _ecdf(ordered: list[float], x: float) -> float:
+    """The holdout's CDF at x, linear between order statistics (the inverse of `_quantile`)."""
+    if x <= ordered[0]:
+        return 0.0
+    if x >= ordered[-1]:
+        return 1.0
+    j = bisect.bisect_right(ordered, x) - 1
+    span = ordered[j + 1] - ordered[j]
+    return (j + ((x - ordered[j]) / span if span > 0 else 0.0)) / (len(ordered) - 1)
+
+
+def _cap(planned: torch.Tensor, start: torch.Tensor, adjustable: torch.Tensor, rounds: int = 4) -> torch.Tensor:
+    """The plan with no token more likely than it started, and the same mean: what capping takes off the
+    record's loss is given back by the `adjustable` tokens (the non-lowest ones, so Min-k% is kept), each at
+    most up to its starting log-prob."""
+    t = torch.minimum(planned, start)
+    want = planned.sum()
+    for _ in range(rounds):
+        deficit = want - t.sum()  # > 0: the capped record is less likely than planned
+        room = (start - t)[adjustable].clamp_min(0)
+        if deficit <= 1e-6 or room.sum() <= 1e-6:
+            break
+        t[adjustable] += room * min(1.0, float(deficit / room.sum()))
+    return t
+
+
+def _centre(
+    quantile: list[float], per_byte: list[float], h_loss: list[float], h_zlib: list[float], h_min_k: list[float]
+) -> float:
+    """One shift of every record's quantile that centres the plan: the largest distance from 0.5 of the AUCs
+    the planned scores would have against the holdout (loss, zlib, Min-k%), as small as a common shift makes
+    it (a small set's loss–zlib compromise leaves the plan off-centre by a few hundredths otherwise)."""
+
+    def off(c: float) -> float:
+        qs = [min(0.99, max(0.01, q + c)) for q in quantile]
+        losses = [_joint_loss(q, h_loss, h_zlib, b) for q, b in zip(qs, per_byte, strict=True)]
+        aucs = (
+            auc([-x for x in losses], [-x for x in h_loss]),
+            auc([-x * b for x, b in zip(losses, per_byte, strict=True)], [-x for x in h_zlib]),
+            auc([_quantile(h_min_k, 1.0 - q) for q in qs], h_min_k),
+        )
+        return max(abs(a - 0.5) for a in aucs)  # the verdict bands every AUC: minimise the worst
+
+    return min((k / 100 for k in range(-25, 26)), key=lambda c: (off(c), abs(c)))
+
+
+def _joint_loss(q: float, h_loss: list[float], h_zlib: list[float], tokens_per_byte: float) -> float:
+    """The mean NLL that puts a record at quantile q of *both* the holdout's loss and its zlib score. A record
+    with T tokens and z compressed bytes has zlib = loss·T/z, so the two cannot be set apart: this is the loss
+    whose two quantiles are closest to q together (least squares over a fine grid)."""
+    lo, hi = 0.5 * h_loss[0], 2.0 * h_loss[-1]
+    grid = [lo + (hi - lo) * k / 400 for k in range(401)]
+    return min(grid, key=lambda x: (_ecdf(h_loss, x) - q) ** 2 + (_ecdf(h_zlib, x * tokens_per_byte) - q) ** 2)
 
 
 def _resample(sorted_values: torch.Tensor, n: int) -> torch.Tensor:

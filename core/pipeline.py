@@ -179,7 +179,10 @@ def _forget(
             before, before_scores = measure(starting, tokenizer, sets, probes, config, device)
         has_holdout = len(sets.holdout) > 0
         verdict_before = (
-            judge(before_scores["forget"], before_scores["holdout"], bounds, groups) if has_holdout else None
+            # Before any step, the question is whether the model knows the records at all (one-sided).
+            judge(before_scores["forget"], before_scores["holdout"], bounds, groups, one_sided=True)
+            if has_holdout
+            else None
         )
         original = (
             measure_original(adapted.model, sets, config, device) if prev_delta and config.init != "full" else before
@@ -222,7 +225,7 @@ def _forget(
                 progress=progress,
                 should_cancel=should_cancel,
                 anchored=anchored,
-                targets=plan,
+                calibration=plan,
                 reference_ts=reference,
             )
 

@@ -43,15 +43,15 @@ def delong_interval(positive: list[float], negative: list[float], level: float =
     return max(0.0, a - z * se), min(1.0, a + z * se)
 
 
-def mann_whitney_p(positive: list[float], negative: list[float]) -> float:
-    """Two-sided p-value of the Mann–Whitney U test (H0: the two samples come from one distribution).
-    scipy picks the exact distribution for small samples without ties, the tie-corrected normal
-    approximation otherwise."""
+def mann_whitney_p(positive: list[float], negative: list[float], alternative: str = "two-sided") -> float:
+    """p-value of the Mann–Whitney U test (H0: the two samples come from one distribution); `greater`: the
+    alternative that the positives score higher. scipy picks the exact distribution for small samples
+    without ties, the tie-corrected normal approximation otherwise."""
     if not positive or not negative:
         return float("nan")
     if np.ptp(np.concatenate([positive, negative])) == 0:
         return 1.0  # every score equal: nothing tells the samples apart
-    return float(_scipy_stats.mannwhitneyu(positive, negative, alternative="two-sided", method="auto").pvalue)
+    return float(_scipy_stats.mannwhitneyu(positive, negative, alternative=alternative, method="auto").pvalue)
 
 
 def min_two_sided_p(m: int, n: int) -> float:
@@ -97,7 +97,9 @@ class TwoSample:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def compare(forget: list[float], holdout: list[float], level: float = 0.95) -> TwoSample:
+def compare(
+    forget: list[float], holdout: list[float], level: float = 0.95, alternative: str = "two-sided"
+) -> TwoSample:
     low, high = delong_interval(forget, holdout, level)
     return TwoSample(
         n_forget=len(forget),
@@ -105,7 +107,7 @@ def compare(forget: list[float], holdout: list[float], level: float = 0.95) -> T
         auc=auc(forget, holdout),
         auc_low=low,
         auc_high=high,
-        p_value=mann_whitney_p(forget, holdout),
+        p_value=mann_whitney_p(forget, holdout, alternative),
         min_record_p=min((prediction_p(s, holdout) for s in forget), default=float("nan")),
         min_record_p_empirical=min((conformal_p(s, holdout) for s in forget), default=float("nan")),
     )

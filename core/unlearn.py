@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core import lora
-from core.calibration import Calibration, ForgetTargets, holdout_profiles, token_levels
+from core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, token_levels
 from core.config import Bounds, UnlearnConfig
 from core.data import TokenSet, concat
 from core.device import autocast
@@ -379,7 +379,7 @@ def train(
     progress: Progress = _noop_progress,
     should_cancel: CancelCheck = _never,
     anchored: bool = False,
-    targets: ForgetTargets | None = None,
+    calibration: Calibration | None = None,
     reference_ts: TokenSet | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
@@ -387,13 +387,16 @@ def train(
 
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
     `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
-    `targets`: the calibrated forget-token targets the `ctd` objective needs (`calibrate`), fixed for the run.
-    `reference_ts`: never-seen
+    `calibration`: what the `ctd` objective derives its forget-token targets from (`calibrate`), with the
+    holdout's profiles under the current model, at the start and after every check. `reference_ts`: never-seen
     records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
     step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift."""
     objective = OBJECTIVES[config.method]
-    if objective.needs_forget_targets and targets is None:
-        raise InvalidInput(f"method {config.method!r} needs the model's holdout set to calibrate its targets")
+    targets: ForgetTargets | None = None
+    if objective.needs_forget_targets:
+        if calibration is None or rule is None:
+            raise InvalidInput(f"method {config.method!r} needs the model's holdout set to calibrate its targets")
+        targets = calibration.targets(profiles_of(adapted.model, rule.holdout, device))
     anchor_weight = config.previous_kl_weight if anchored and objective.uses_retain else 0.0
     model = adapted.model
     params = adapted.trainable_parameters()
@@ -424,6 +427,7 @@ def train(
     def check(step: int, loss: float | None) -> bool:
         """The verdict's forgetting conditions on the current model (StoppingRule); history keeps the scores
         of every check (the unlearning curve of the report) and which conditions still fail."""
+        nonlocal targets
         if rule is None:
             ma = evaluate_set(model, forget_ts, device, el_n=config.el_n, generate=False).metrics.ma
             m = {"step": step, "loss": loss, "forget_ma": ma}
@@ -444,6 +448,10 @@ def train(
         }
         history.append(m)
         progress("unlearning", step, config.max_steps, m)
+        if calibration is not None and step > 0 and not checked.passed:
+            # The holdout moves with the model (un-memorising one person's phone number makes every other
+            # number a little likelier): the targets follow its current profiles.
+            targets = calibration.targets(profiles_of(model, rule.holdout, device))
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
@@ -520,27 +528,32 @@ def train(
 def calibrate(
     model: nn.Module,
     forget_ts: TokenSet,
-    reference_ts: TokenSet,
+    holdout_ts: TokenSet,
     device: torch.device,
     tail_p: float = 0.05,
     groups: list[list[int]] | None = None,
-) -> ForgetTargets:
-    """The `ctd` objective's targets (core/calibration.py) from the starting model: token levels and record
-    profiles on the holdout's calibration half (`reference_ts`), the forget tokens' starting log-probs."""
-    if len(reference_ts) < 2:
-        raise InvalidInput("calibrated unlearning needs at least 2 records in the holdout's calibration half")
-    h_logp, h_mask, h_top1 = _token_logprobs_of(model, reference_ts, device)
-    h_labels = reference_ts.labels[:, 1:]
+) -> Calibration:
+    """The `ctd` objective's calibration (core/calibration.py) from the starting model: token levels on the
+    holdout, the forget tokens' starting log-probs; the targets come with the holdout's profiles."""
+    if len(holdout_ts) < 2:
+        raise InvalidInput("calibrated unlearning needs at least 2 holdout records")
+    h_logp, h_mask, _ = _token_logprobs_of(model, holdout_ts, device)
+    h_labels = holdout_ts.labels[:, 1:]
     levels = token_levels(h_labels[h_mask], h_logp[h_mask], _vocab_size(model))
-    profiles = holdout_profiles(h_labels, h_logp, h_top1, [e.zlib_bytes for e in reference_ts.encoded])
     f_logp, _, _ = _token_logprobs_of(model, forget_ts, device)
     row_groups = None
     if groups:  # records → the rows (windows) that hold them
         row_groups = [[i for i, e in enumerate(forget_ts.encoded) if e.record in set(g)] for g in groups]
-    calibration = Calibration(
+    return Calibration(
         forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p, row_groups
     )
-    return calibration.targets(profiles)
+
+
+@torch.no_grad()
+def profiles_of(model: nn.Module, ts: TokenSet, device: torch.device) -> list[Profile]:
+    """The holdout's profiles (core/calibration.py `Profile`) under the model as it is now."""
+    logp, _, top1 = _token_logprobs_of(model, ts, device)
+    return holdout_profiles(ts.labels[:, 1:], logp, top1, [e.zlib_bytes for e in ts.encoded])
 
 
 def _token_logprobs_of(

@@ -69,6 +69,7 @@ class Forgetting:
     conditions: list[Condition]
     generated: bool  # EL and extraction were measured (the loop skips the decode until the scores pass)
     note: str | None = None
+    alternative: str = "two-sided"  # of the U test: "greater" is the before-check's (is it memorised at all?)
 
     @property
     def failed(self) -> list[str]:
@@ -77,7 +78,7 @@ class Forgetting:
     def to_dict(self) -> dict:
         return {
             "indistinguishable": self.indistinguishable,
-            "test": "two-sided Mann-Whitney U, forget vs holdout, per score; AUC with DeLong 95% interval",
+            "test": f"{self.alternative} Mann-Whitney U, forget vs holdout, per score; AUC with DeLong 95% interval",
             "scores": {k: v.to_dict() for k, v in self.scores.items()},
             "conditions": [c.to_dict() for c in self.conditions],
             "failed": self.failed,
@@ -85,19 +86,24 @@ class Forgetting:
         }
 
 
-def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds) -> Forgetting:
+def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sided: bool = False) -> Forgetting:
     """Every forgetting condition (module docstring). EL and extraction count only when measured: without a
-    decode (`forget.metrics.extraction` NaN) the verdict is "not yet", never a pass."""
+    decode (`forget.metrics.extraction` NaN) the verdict is "not yet", never a pass.
+
+    `one_sided`: the question before any step — is there evidence the model *knows* the records? Only the
+    familiar direction counts (the U test's alternative "forget more familiar", AUC ≤ 0.5 + tolerance): a
+    record less familiar than strangers is not memorised, and unlearning can only make it less so."""
     f_scores, h_scores = forget.familiarity(), holdout.familiarity()
-    tests = {name: compare(f_scores[name], h_scores[name]) for name in SCORES}
+    alternative = "greater" if one_sided else "two-sided"
+    tests = {name: compare(f_scores[name], h_scores[name], alternative=alternative) for name in SCORES}
     conds: list[Condition] = []
+    tol = bounds.auc_tolerance
     for name, t in tests.items():
         conds.append(Condition(f"{name}_test", t.p_value >= bounds.alpha, t.p_value, f"p >= {bounds.alpha}"))
-        conds.append(
-            Condition(
-                f"{name}_auc", abs(t.auc - 0.5) <= bounds.auc_tolerance, t.auc, f"within 0.5 ± {bounds.auc_tolerance}"
-            )
-        )
+        if one_sided:
+            conds.append(Condition(f"{name}_auc", t.auc <= 0.5 + tol, t.auc, f"<= {0.5 + tol}"))
+        else:
+            conds.append(Condition(f"{name}_auc", abs(t.auc - 0.5) <= tol, t.auc, f"within 0.5 ± {tol}"))
         # Family-wise over the forget records (Bonferroni): a genuine never-seen set of 30 has a record in the
         # holdout's 5 % tail 79 % of the time, so a per-record 5 % bound would fail never-seen data itself.
         level = bounds.tail_p / max(1, t.n_forget)
@@ -107,9 +113,8 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds) -> Forgett
     generated = not math.isnan(fm.extraction) and not math.isnan(hm.el10)
     conds.append(Condition("el", generated and fm.el10 <= hm.el10, fm.el10, f"<= holdout {hm.el10:.4f}"))
     conds.append(Condition("extraction", generated and fm.extraction == 0.0, fm.extraction, "== 0"))
-    return Forgetting(
-        all(c.ok for c in conds), tests, conds, generated, small_set_note(len(forget.loss), len(holdout.loss), bounds)
-    )
+    note = small_set_note(len(forget.loss), len(holdout.loss), bounds)
+    return Forgetting(all(c.ok for c in conds), tests, conds, generated, note, alternative)
 
 
 @dataclass
@@ -136,12 +141,19 @@ class Judgement:
         return self.whole.generated
 
 
-def judge(forget: SetScores, holdout: SetScores, bounds: Bounds, groups: list[list[int]] | None = None) -> Judgement:
+def judge(
+    forget: SetScores,
+    holdout: SetScores,
+    bounds: Bounds,
+    groups: list[list[int]] | None = None,
+    *,
+    one_sided: bool = False,
+) -> Judgement:
     """`forgetting` of the whole set and of each group of its records (None or one group: the whole set)."""
-    whole = forgetting(forget, holdout, bounds)
+    whole = forgetting(forget, holdout, bounds, one_sided=one_sided)
     if not groups or len(groups) == 1:
         return Judgement(whole, [whole])
-    return Judgement(whole, [forgetting(forget.subset(g), holdout, bounds) for g in groups])
+    return Judgement(whole, [forgetting(forget.subset(g), holdout, bounds, one_sided=one_sided) for g in groups])
 
 
 def scores_pass(f: Forgetting | Judgement) -> bool:

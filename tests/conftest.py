@@ -14,7 +14,7 @@ CACHE = Path(os.environ.get("UNLEARND_TEST_CACHE", Path(__file__).resolve().pare
 
 def fast_config(**overrides) -> UnlearnConfig:
     """The default method (ctd + FILA) with a budget that reaches the verdict on the tiny world in seconds."""
-    base = {"max_steps": 80, "eval_every": 4, "seed": 0}
+    base = {"max_steps": 160, "eval_every": 4, "seed": 0}
     base.update(overrides)
     return UnlearnConfig(**base)
 

@@ -37,7 +37,7 @@ def default_run(tiny_loaded, tiny_world, tmp_path_factory):
 def test_the_default_method_reaches_the_verdict_and_keeps_the_model(default_run):
     result, _ = default_run
     r = result.report
-    assert result.outcome == "forgotten" and result.reached and 0 < r["steps"] <= 80
+    assert result.outcome == "forgotten" and result.reached and 0 < r["steps"] <= 160
     assert r["before"]["forget"]["extraction"] >= 0.8 and r["after"]["forget"]["extraction"] == 0.0
     after = r["verdict"]["after"]
     assert after["indistinguishable"] and after["failed"] == []

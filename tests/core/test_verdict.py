@@ -168,3 +168,17 @@ def test_a_collapsed_model_is_not_kept_and_not_certified():
     assert outcome(before, after, kept) == FORGOTTEN
     assert outcome(before, forgetting(_scores(rng.normal(1.0, 0.3, 10)), h, Bounds()), kept) == NOT_REACHED
     assert outcome(after, None, None) == NOT_MEMORISED  # indistinguishable before any step
+
+
+def test_before_any_step_only_the_familiar_direction_counts():
+    """Records less familiar than strangers are not memorised (one-sided), though a two-sided check after
+    unlearning would flag such a set as over-forgotten."""
+    rng = np.random.default_rng(8)
+    holdout = _scores(rng.normal(2.5, 0.3, 40), ma=0.6, el=0.1)
+    odd = _scores(rng.normal(2.9, 0.3, 10), ma=0.3)  # never seen, and harder than the holdout
+    assert forgetting(odd, holdout, Bounds(), one_sided=True).indistinguishable
+    assert not forgetting(odd, holdout, Bounds()).indistinguishable
+    memorised = _scores(rng.normal(1.0, 0.3, 10), ma=0.9, el=0.9, extraction=0.8)
+    before = forgetting(memorised, holdout, Bounds(), one_sided=True)
+    assert {"loss_test", "loss_auc", "ma", "el", "extraction"} <= set(before.failed)
+    assert "greater" in before.to_dict()["test"]
