@@ -12,9 +12,8 @@ Sections (JSON to stdout and bench/out/speed[-quick].json, plus a short table on
 - `service`: the same request through the embedded service (uvicorn thread + thread dispatcher, SQLite,
   local blobs): submission → adapter published, divided by the bare run_forget; DB/blob costs; the model
   cache (second and third job on the same weights skip the load).
-- `peer`: the same method (IHL + retain NLL), data, LoRA init and stopping rule through a Hugging Face
-  `Trainer` subclass (`compute_loss` overridden, a `TrainerCallback` checking the rule every k steps), vs.
-  the project's loop; time and steps to the stopping rule; FILA for ours too.
+- `peer`: the same method (IHL + retain NLL), data, LoRA init and step count through a Hugging Face
+  `Trainer` subclass (`compute_loss` overridden) vs. the project's loop: time per step; FILA for ours too.
 - `api`: status polling (`GET /v1/forget-requests/{id}` on a finished request) throughput and p50/p99 at
   1, 10 and 50 concurrent async httpx clients (in a separate process, bounded count and time, 127.0.0.1),
   divided by a bare FastAPI endpoint returning the same JSON, served the same way, in the same run.
@@ -261,7 +260,7 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
                     rts,
                     config,
                     device,
-                    thresholds=None,
+                    rule=None,
                     progress=lambda phase, step, total, m, stamps=stamps: stamps.__setitem__(step, time.perf_counter()),
                 )
                 adapted.release()
@@ -583,22 +582,19 @@ def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
     import torch
 
     from core.config import UnlearnConfig
-    from core.metrics import evaluate_set
     from core.modeling import default_target_modules, find_targets
     from core.pipeline import encode_sets
-    from core.unlearn import Thresholds, adapt, train
+    from core.unlearn import adapt, train
 
     device = torch.device("cpu")
     model, tok = loaded.model, loaded.tokenizer
+    config_kw = {**config_kw, "method": "ihl", "max_steps": config_kw.get("max_steps") or 24}
     base_cfg = UnlearnConfig(**{**config_kw, "init": "lora"})
     sets = encode_sets(tok, world.forget, world.retain, world.holdout, base_cfg)
-    hold = evaluate_set(model, sets.holdout, device, el_n=base_cfg.el_n).metrics
-    thresholds = Thresholds(hold.ma, hold.el10)
     targets = find_targets(model, default_target_modules(model))
     out: dict = {
         "method": "ihl + retain NLL",
-        "stopping_rule": f"forget MA ≤ {hold.ma:.4f} and EL10 ≤ {hold.el10:.4f}, checked every "
-        f"{base_cfg.eval_every} steps and at step 0",
+        "stopping_rule": f"none: both loops run the same {base_cfg.max_steps} steps (time per step compared)",
         "config": {
             k: getattr(base_cfg, k)
             for k in ("lr", "batch_size", "retain_batch_size", "eval_every", "max_steps", "rank")
@@ -610,7 +606,7 @@ def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
         t0 = time.perf_counter()
         adapted = adapt(model, cfg, targets, sets.forget, sets.retain, device)
         t_adapt = time.perf_counter() - t0
-        res = train(adapted, sets.forget, sets.retain, cfg, device, thresholds=thresholds)
+        res = train(adapted, sets.forget, sets.retain, cfg, device, rule=None)
         total = time.perf_counter() - t0
         released = adapted.release()
         assert released is model
@@ -619,8 +615,7 @@ def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
             "seconds_to_stop": _r(total),
             "adapt_seconds": _r(t_adapt),
             "steps": res.steps,
-            "reached": res.reached,
-            "seconds_per_step_incl_checks": _r((total - t_adapt) / max(1, res.steps)),
+            "seconds_per_step": _r((total - t_adapt) / max(1, res.steps)),
         }
 
     snapshot = {n: m.weight.detach().clone() for n, m in targets.items()}
@@ -633,7 +628,7 @@ def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
         model.eval()
 
     out["ours_lora"] = ours("lora")
-    out["trainer_lora"] = _trainer_route(model, sets, base_cfg, targets, thresholds, out_tmp, device)
+    out["trainer_lora"] = _trainer_route(model, sets, base_cfg, targets, out_tmp, device)
     out["ours_fila"] = ours("fila")
     out["trainer_vs_ours_time"] = _r(out["trainer_lora"]["seconds_to_stop"] / out["ours_lora"]["seconds_to_stop"])
     out["ours_fila_vs_ours_lora_time"] = _r(out["ours_fila"]["seconds_to_stop"] / out["ours_lora"]["seconds_to_stop"])
@@ -641,16 +636,15 @@ def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
     return out
 
 
-def _trainer_route(model, sets, cfg, targets, thresholds, out_tmp: Path, device) -> dict:
+def _trainer_route(model, sets, cfg, targets, out_tmp: Path, device) -> dict:
     """The research code bases' route: transformers.Trainer with compute_loss = IHL(forget) + λ·NLL(retain),
     peft LoRA with the same seed (same A) and the stopping rule in a callback every `eval_every` steps."""
     import torch
     from torch.utils.data import Dataset
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from core import lora
     from core.losses import inverted_hinge_loss, nll
-    from core.metrics import evaluate_set
 
     class Indices(Dataset):
         def __init__(self, n: int) -> None:
@@ -684,26 +678,6 @@ def _trainer_route(model, sets, cfg, targets, thresholds, out_tmp: Path, device)
             loss = inverted_hinge_loss(f, inputs["f_labels"]) + cfg.retain_weight * nll(r, inputs["r_labels"])
             return (loss, None) if return_outputs else loss
 
-    state = {"reached": False, "checks": 0, "steps": 0}
-
-    class StopRule(TrainerCallback):
-        def _check(self, model, control, step):
-            scores = evaluate_set(model, sets.forget, device, el_n=cfg.el_n).metrics
-            state["checks"] += 1
-            if thresholds.reached(scores.ma, scores.el10):
-                state["reached"], state["steps"] = True, step
-                control.should_training_stop = True
-            return control
-
-        def on_train_begin(self, args, st, control, model=None, **kw):
-            return self._check(model, control, 0)
-
-        def on_step_end(self, args, st, control, model=None, **kw):
-            state["steps"] = st.global_step
-            if st.global_step % cfg.eval_every == 0:
-                return self._check(model, control, st.global_step)
-            return control
-
     t0 = time.perf_counter()
     target_names = sorted({n.rsplit(".", 1)[-1] for n in targets})
     peft_model = lora.wrap(model, cfg.rank, cfg.alpha, target_names, False, cfg.seed)
@@ -731,7 +705,6 @@ def _trainer_route(model, sets, cfg, targets, thresholds, out_tmp: Path, device)
         args=args,
         train_dataset=Indices(len(sets.forget)),
         data_collator=collate,
-        callbacks=[StopRule()],
     )
     t_setup = time.perf_counter() - t0
     with contextlib.redirect_stdout(sys.stderr):
@@ -744,10 +717,8 @@ def _trainer_route(model, sets, cfg, targets, thresholds, out_tmp: Path, device)
     return {
         "seconds_to_stop": _r(total),
         "setup_seconds": _r(t_setup),
-        "steps": state["steps"],
-        "reached": state["reached"],
-        "stopping_checks": state["checks"],
-        "seconds_per_step_incl_checks": _r((total - t_setup) / max(1, state["steps"])),
+        "steps": cfg.max_steps,
+        "seconds_per_step": _r((total - t_setup) / max(1, cfg.max_steps)),
     }
 
 
@@ -972,11 +943,7 @@ def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
     }
     # The job config of the breakdown, the service and the peer route: the service default (DESIGN) on the
     # demo world; the tests' fast config on the tiny one.
-    config_kw = (
-        {"method": "ihl", "init": "fila", "max_steps": 24, "eval_every": 2, "seed": 0}
-        if quick
-        else {"method": "ihl", "init": "fila", "seed": 0}
-    )
+    config_kw = {"max_steps": 24, "eval_every": 4, "seed": 0} if quick else {"seed": 0}  # the service default
     world = pii_world(quick)
     clock = {"t": time.perf_counter()}
     result["section_seconds"] = spent = {}

@@ -21,9 +21,9 @@ alone. Pure tensor code: the inputs are token log-probs the caller computed with
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from core.data import IGNORE
@@ -43,15 +43,6 @@ class TokenLevels:
     def of(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.clamp(0, self.total.numel() - 1)
         return ((self.total[ids] + self.prior * self.overall) / (self.count[ids] + self.prior)).float()
-
-    def without(self, ids: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-        """The levels of one holdout record's tokens with that record left out (its own log-probs would make
-        its estimate look right by construction)."""
-        ids = ids.long().clamp(0, self.total.numel() - 1)
-        own_total = torch.zeros_like(self.total).index_add_(0, ids, logp.double())
-        own_count = torch.zeros_like(self.count).index_add_(0, ids, torch.ones_like(logp, dtype=torch.float64))
-        total, count = self.total - own_total, self.count - own_count
-        return ((total[ids] + self.prior * self.overall) / (count[ids] + self.prior)).float()
 
 
 def token_levels(ids: torch.Tensor, logp: torch.Tensor, vocab_size: int, prior_strength: float = 2.0) -> TokenLevels:
@@ -103,8 +94,6 @@ class Profile:
     logp: torch.Tensor
     top1: int
     zlib_bytes: int = 1
-    ids: torch.Tensor | None = None  # the target token ids, in position order
-    raw: torch.Tensor | None = None  # their log-probs, in position order
 
     @property
     def loss(self) -> float:
@@ -125,7 +114,7 @@ def holdout_profiles(
     out = []
     for i in range(labels.size(0)):
         raw = logp[i][mask[i]]
-        out.append(Profile(raw.sort().values, int((top1[i] & mask[i]).sum()), zb[i], labels[i][mask[i]], raw))
+        out.append(Profile(raw.sort().values, int((top1[i] & mask[i]).sum()), zb[i]))
     return out
 
 
@@ -189,7 +178,7 @@ def forget_targets(
         q = min(0.99, max(0.01, quantile[i] + shift))
         chosen[i] = donors[min(len(donors) - 1, int(q * len(donors)))]
         d = profiles[chosen[i]]  # the shape of its profile
-        loss = _joint_loss(q, h_loss, h_zlib, per_byte[i])
+        loss = float(_joint_losses(np.array([q]), h_loss, h_zlib, np.array([per_byte[i]]))[0])
         low_mean = _quantile(h_min_k, 1.0 - q)  # a harder record has a lower Min-k%
         profile = fit_profile(d.logp, pos.numel(), min_k, mean=-loss, low_mean=low_mean)  # ascending
         order = hardness[i, pos].argsort()  # the hardest token takes the profile's lowest log-prob
@@ -229,21 +218,12 @@ def fit_profile(
 
 def _quantile(ordered: list[float], q: float) -> float:
     """Linear interpolation between order statistics (numpy's default `linear` method)."""
-    pos = min(max(q, 0.0), 1.0) * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+    return float(np.quantile(np.asarray(ordered, float), min(max(q, 0.0), 1.0)))
 
 
-def _ecdf(ordered: list[float], x: float) -> float:
-    """The holdout's CDF at x, linear between order statistics (the inverse of `_quantile`)."""
-    if x <= ordered[0]:
-        return 0.0
-    if x >= ordered[-1]:
-        return 1.0
-    j = bisect.bisect_right(ordered, x) - 1
-    span = ordered[j + 1] - ordered[j]
-    return (j + ((x - ordered[j]) / span if span > 0 else 0.0)) / (len(ordered) - 1)
+def _ecdf(ordered: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The holdout's CDF at x, linear between order statistics (the inverse of `_quantile`), vectorised."""
+    return np.interp(x, ordered, np.linspace(0.0, 1.0, ordered.size))
 
 
 def _cap(planned: torch.Tensor, start: torch.Tensor, adjustable: torch.Tensor, rounds: int = 4) -> torch.Tensor:
@@ -267,13 +247,14 @@ def _centre(
     """One shift of every record's quantile that centres the plan: the largest distance from 0.5 of the AUCs
     the planned scores would have against the holdout (loss, zlib, Min-k%), as small as a common shift makes
     it (a small set's loss–zlib compromise leaves the plan off-centre by a few hundredths otherwise)."""
+    q0, b = np.asarray(quantile, float), np.asarray(per_byte, float)
 
     def off(c: float) -> float:
-        qs = [min(0.99, max(0.01, q + c)) for q in quantile]
-        losses = [_joint_loss(q, h_loss, h_zlib, b) for q, b in zip(qs, per_byte, strict=True)]
+        qs = np.clip(q0 + c, 0.01, 0.99)
+        losses = _joint_losses(qs, h_loss, h_zlib, b)
         aucs = (
-            auc([-x for x in losses], [-x for x in h_loss]),
-            auc([-x * b for x, b in zip(losses, per_byte, strict=True)], [-x for x in h_zlib]),
+            auc(list(-losses), [-x for x in h_loss]),
+            auc(list(-losses * b), [-x for x in h_zlib]),
             auc([_quantile(h_min_k, 1.0 - q) for q in qs], h_min_k),
         )
         return max(abs(a - 0.5) for a in aucs)  # the verdict bands every AUC: minimise the worst
@@ -281,13 +262,16 @@ def _centre(
     return min((k / 100 for k in range(-25, 26)), key=lambda c: (off(c), abs(c)))
 
 
-def _joint_loss(q: float, h_loss: list[float], h_zlib: list[float], tokens_per_byte: float) -> float:
-    """The mean NLL that puts a record at quantile q of *both* the holdout's loss and its zlib score. A record
-    with T tokens and z compressed bytes has zlib = loss·T/z, so the two cannot be set apart: this is the loss
-    whose two quantiles are closest to q together (least squares over a fine grid)."""
-    lo, hi = 0.5 * h_loss[0], 2.0 * h_loss[-1]
-    grid = [lo + (hi - lo) * k / 400 for k in range(401)]
-    return min(grid, key=lambda x: (_ecdf(h_loss, x) - q) ** 2 + (_ecdf(h_zlib, x * tokens_per_byte) - q) ** 2)
+def _joint_losses(q: np.ndarray, h_loss: list[float], h_zlib: list[float], tokens_per_byte: np.ndarray) -> np.ndarray:
+    """Per record, the mean NLL that puts it at quantile q of *both* the holdout's loss and its zlib score. A
+    record with T tokens and z compressed bytes has zlib = loss·T/z, so the two cannot be set apart: this is the
+    loss whose two quantiles are closest to q together (least squares over a fine grid)."""
+    hl, hz = np.asarray(h_loss, float), np.asarray(h_zlib, float)
+    grid = np.linspace(0.5 * hl[0], 2.0 * hl[-1], 401)  # (G,)
+    f_loss = _ecdf(hl, grid)[None, :]  # (1, G)
+    f_zlib = _ecdf(hz, grid[None, :] * tokens_per_byte[:, None])  # (n, G)
+    err = (f_loss - q[:, None]) ** 2 + (f_zlib - q[:, None]) ** 2
+    return grid[err.argmin(1)]
 
 
 def _resample(sorted_values: torch.Tensor, n: int) -> torch.Tensor:

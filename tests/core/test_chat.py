@@ -11,6 +11,7 @@ from core.data import IGNORE, encode_set
 from core.errors import InvalidInput
 from core.records import Message, Record
 from core.worlds.chat import CHAT_TEMPLATE, ROLE_TOKENS, SYSTEM_PROMPT
+from tests.conftest import fast_config
 
 CHAT = Record(
     messages=(
@@ -111,7 +112,6 @@ def test_a_chat_job_forgets_the_assistant_turns_and_keeps_the_system_prompt(tiny
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.config import UnlearnConfig
     from core.metrics import greedy_continue
     from core.modeling import load_model
     from core.pipeline import run_forget
@@ -140,15 +140,13 @@ def test_a_chat_job_forgets_the_assistant_turns_and_keeps_the_system_prompt(tiny
         forget,
         tiny_chat_world.retain,
         tiny_chat_world.holdout,
-        UnlearnConfig(method="ihl", init="fila", max_steps=60, eval_every=2),
+        fast_config(),  # the default method, ctd
         out_dir=tmp_path / "adapter",
     )
     before, after = result.report["before"]["forget"], result.report["after"]["forget"]
     assert before["extraction"] >= 0.8 and after["extraction"] == 0.0  # the replies were recited, now not
-    conditions = {c["name"]: c["ok"] for c in result.report["verdict"]["after"]["conditions"]}
-    assert conditions["ma"] and conditions["el"] and conditions["extraction"]  # the verdict's memorisation half
-    assert result.outcome in {"forgotten", "not_reached"}
-    assert result.report["after"]["retain"]["extraction"] >= 0.75  # other people's replies are kept
+    assert result.outcome == "forgotten", result.report["verdict"]["after"]["failed"]
+    assert result.report["verdict"]["utility"]["kept"]  # other people's replies are kept
 
     fresh = AutoModelForCausalLM.from_pretrained(str(tiny_chat_world.model_dir)).eval()
     unlearned = PeftModel.from_pretrained(fresh, str(result.adapter_dir)).eval()

