@@ -3,13 +3,14 @@ with its job in one transaction (DESIGN §2) — dispatching happens only after 
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import limits, schemas, security
 from api.chat import check_chat_records
 from api.crypto import encrypt_payload
 from api.errors import HoldoutRequired, InvalidConfig, NotFound
-from api.models import ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
+from api.models import QUEUED, ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
 from api.settings import Settings
 from core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, UnlearnConfig
 from core.errors import InvalidInput
@@ -54,6 +55,7 @@ def create(
     if model is None or model.tenant_id != caller.tenant_id:
         raise NotFound("model not found", details={"resource": "model"})
     config = resolve_config(model, body)
+    config["max_adapter_rank"] = min(config["max_adapter_rank"], settings.max_adapter_rank)  # the service's cap
     if config["method"] in NEEDS_HOLDOUT and model.holdout_count < MIN_HOLDOUT:
         raise HoldoutRequired(
             f"method {config['method']!r} calibrates against the model's holdout set (records it never saw), "
@@ -82,9 +84,31 @@ def create(
         config=config,
         created_at=now,
     )
-    job = Job(tenant_id=caller.tenant_id, model_id=model.id, config=config, created_at=now, dispatched_at=now)
-    session.add_all([req, job])
+    job = waiting_job(session, model.id, config, settings.max_requests_per_job)
+    if job is None:
+        job = Job(tenant_id=caller.tenant_id, model_id=model.id, config=config, created_at=now, dispatched_at=now)
+        session.add(job)
+    session.add(req)
     session.flush()
     session.add(JobRequest(job_id=job.id, request_id=req.id))
     session.commit()
     return req, True
+
+
+def waiting_job(session: Session, model_id: str, config: dict, limit: int) -> Job | None:
+    """A queued job of this model with the same config and room for one more request: the request joins it
+    (coalescing, DESIGN §2) instead of queueing a job of its own behind it. On PostgreSQL the job's row is
+    locked, so a worker's claim (a conditional UPDATE of that row) either happened before — the job is no
+    longer queued — or waits until this request is in it; SQLite's write transaction serialises the same."""
+    query = (
+        select(Job)
+        .where(Job.model_id == model_id, Job.status == QUEUED, Job.cancel_requested.is_(False))
+        .order_by(Job.created_at)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    for job in session.scalars(query):
+        size = session.scalar(select(func.count()).select_from(JobRequest).where(JobRequest.job_id == job.id)) or 0
+        if job.config == config and size < limit:
+            return job
+    return None

@@ -92,6 +92,10 @@ class ConfigIn(_In):
     eval_max_records: int | None = Field(None, ge=1, le=100_000)
     margin_weight: float | None = Field(None, ge=0, le=100, description="ctd: weight of the anchor's top-1 hinge.")
     warmup_steps: int | None = Field(None, ge=0, le=100_000, description="Linear learning-rate warm-up steps.")
+    max_adapter_rank: int | None = Field(
+        None, ge=8, le=512, description="Compact the cumulative adapter beyond this rank (the service's cap wins)."
+    )
+    compaction_steps: int | None = Field(None, ge=0, le=10_000, description="Repair steps after a compaction.")
     test_alpha: float | None = Field(None, gt=0, lt=1, description="Verdict: level of the two-sided U test.")
     auc_tolerance: float | None = Field(None, gt=0, le=0.5, description="Verdict: every AUC within 0.5 ± this.")
     tail_p: float | None = Field(None, ge=0, lt=1, description="Verdict: family-wise level of the tail check.")

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="Redis redelivers an unacknowledged task after this; keep it above the longest job."
     )
     worker_threads: int = Field(1, ge=1, le=64, description="Concurrent jobs of the thread dispatcher.")
+    max_requests_per_job: int = Field(
+        32, ge=1, le=1000, description="Requests of one model that wait for its next job are served by it, up to this."
+    )
+    batch_window_seconds: float = Field(
+        0.0, ge=0, le=3600, description="A new job waits this long before it is dispatched, gathering requests."
+    )
+    max_adapter_rank: int = Field(
+        64, ge=8, le=512, description="No published adapter version exceeds this rank (compacted beyond it)."
+    )
     lease_seconds: float = Field(60.0, gt=0, description="A claimed job is the worker's for this long.")
     sweep_interval_seconds: float = Field(5.0, gt=0)
     redispatch_after_seconds: float = Field(
@@ -97,6 +106,13 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _servable_rank(self) -> Settings:
+        """A rank LoRA-serving engines accept (vLLM's max_lora_rank choices), so no padding takes it beyond."""
+        if self.max_adapter_rank not in (8, 16, 32, 64, 128, 256, 320, 512):
+            raise ValueError("UNLEARND_MAX_ADAPTER_RANK must be one of 8, 16, 32, 64, 128, 256, 320, 512")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_secret_in_production(self) -> Settings:

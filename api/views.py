@@ -47,9 +47,9 @@ def job_of_request(session: Session, request_id: str) -> Job:
     return job
 
 
-# A request's status in one SELECT: the request's shown columns, its job's, and the ids of what the job
-# published (adapter, audit). Each join matches at most one row (job_requests.request_id,
-# adapter_versions.job_id and audit_records.request_id are unique). The encrypted payload is never selected.
+# A request's status in one SELECT: the request's shown columns, its job's, and the ids of its audit and of
+# the version that audit names. Each join matches at most one row (job_requests.request_id and
+# audit_records.request_id are unique). The encrypted payload is never selected.
 _STATUS = (
     select(
         ForgetRequest.id,
@@ -78,8 +78,10 @@ _STATUS = (
     .select_from(ForgetRequest)
     .outerjoin(JobRequest, JobRequest.request_id == ForgetRequest.id)
     .outerjoin(Job, Job.id == JobRequest.job_id)
-    .outerjoin(AdapterVersion, AdapterVersion.job_id == Job.id)
     .outerjoin(AuditRecord, AuditRecord.request_id == ForgetRequest.id)
+    # the version this request's own audit names: a request of a coalesced job that failed its own verdict
+    # (or never needed one) shows none, whatever the job published for the others
+    .outerjoin(AdapterVersion, AdapterVersion.id == AuditRecord.adapter_version_id)
 )
 # Built once with bound parameters: each call executes the very same statement object, so SQLAlchemy reuses
 # its memoised cache key and result metadata instead of rebuilding and re-adapting them per call.

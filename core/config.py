@@ -54,6 +54,8 @@ class UnlearnConfig:
     retain_weight: float | None = None  # λ of the retain term (ctd: the anchor's weight); None: the method's default
     margin_weight: float = 1.0  # ctd: weight of the top-1 margin hinge inside the anchor (core/losses.py keep_top1)
     warmup_steps: int | None = None  # linear learning-rate warm-up; None: the method's default
+    max_adapter_rank: int = 64  # a cumulative version above this rank is compacted to it (core/compaction.py)
+    compaction_steps: int = 30  # repair steps distilling the uncompressed version into the compacted one
     # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
     previous_kl_weight: float = 3.0
@@ -99,6 +101,8 @@ class UnlearnConfig:
             ("retain_weight", 0 <= self.retain_weight <= 100),
             ("margin_weight", 0 <= self.margin_weight <= 100),
             ("warmup_steps", 0 <= self.warmup_steps <= 100_000),
+            ("max_adapter_rank", 8 <= self.max_adapter_rank <= 512),
+            ("compaction_steps", 0 <= self.compaction_steps <= 10_000),
             ("previous_kl_weight", 0 <= self.previous_kl_weight <= 100),
             ("max_steps", 1 <= self.max_steps <= 100_000),
             ("eval_every", 1 <= self.eval_every <= 100_000),

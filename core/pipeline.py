@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from core.compaction import compact
 from core.config import UnlearnConfig
 from core.data import TokenSet, concat, encode_set, tensorize
 from core.device import use_precision
@@ -168,7 +169,7 @@ def _forget(
     bounds = config.bounds
     adapted: Adapted | None = None
     loop: LoopResult | None = None
-    after = verdict_after = kept = adapter_info = adapter_dir = None
+    after = verdict_after = kept = adapter_info = adapter_dir = compacted = compaction = None
     try:
         sets = encode_sets(tokenizer, forget, retain, holdout, config, context_length(model))
         # The starting version: base + previous components, with a neutral trainable part.
@@ -229,6 +230,17 @@ def _forget(
                 reference_ts=reference,
             )
 
+            if config.init != "full" and rank_of(adapted.delta()) > config.max_adapter_rank:
+                progress("compacting", 0, 1, {"rank": rank_of(adapted.delta()), "to": config.max_adapter_rank})
+                compacted, compaction = compact(
+                    adapted.model,
+                    adapted.delta(),
+                    config.max_adapter_rank,
+                    {"retain": sets.retain_eval, "holdout": sets.holdout, "forget": sets.forget},
+                    device,
+                    steps=config.compaction_steps,
+                    seed=config.seed,
+                )
             progress("evaluating", 1, 2, {"when": "after"})
             with adapted.merged() as trained:
                 after, after_scores = measure(trained, tokenizer, sets, probes, config, device)
@@ -239,8 +251,10 @@ def _forget(
 
             progress("exporting", 0, 1, {})
             adapter_info, adapter_dir, check = _export(
-                adapted, sets, config, loaded, target_modules, targets, rank_of(prev_delta), device, out_dir
+                adapted, sets, config, loaded, target_modules, targets, rank_of(prev_delta), device, out_dir, compacted
             )
+            if compaction is not None:
+                adapter_info["compaction"] = compaction.to_dict()
             progress("exporting", 1, 1, {})
     finally:
         if adapted is not None:
@@ -291,7 +305,16 @@ def _forget(
 
 
 def _export(
-    adapted: Adapted, sets: Sets, config: UnlearnConfig, loaded, target_modules, targets, parent_rank, device, out_dir
+    adapted: Adapted,
+    sets: Sets,
+    config: UnlearnConfig,
+    loaded,
+    target_modules,
+    targets,
+    parent_rank,
+    device,
+    out_dir,
+    compacted=None,
 ):
     """Write the new version: a whole model for `full`, else the cumulative LoRA (the previous version's
     components are in the factors), with the logits the export must reproduce."""
@@ -301,7 +324,7 @@ def _export(
         return {"kind": "full_model"}, None, None
     check_batch = _check_batch(sets)
     trained_logits = _logits(adapted.model, check_batch, device)  # what the export must reproduce
-    delta = adapted.delta()
+    delta = compacted if compacted is not None else adapted.delta()  # the active adapter's
     write_adapter(
         out_dir,
         delta,

@@ -61,9 +61,18 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_job(app: Celery, job_id: str, queue: str) -> None:
-    """Publish one job message: task_id = job_id, anonymous exchange, routing key = the queue."""
-    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue, exchange="", routing_key=queue)
+def send_job(app: Celery, job_id: str, queue: str, countdown: float = 0.0) -> None:
+    """Publish one job message: task_id = job_id, anonymous exchange, routing key = the queue; `countdown`
+    (the batching window) delays its execution."""
+    app.send_task(
+        TASK_NAME,
+        args=[job_id],
+        task_id=job_id,
+        queue=queue,
+        exchange="",
+        routing_key=queue,
+        countdown=countdown or None,
+    )
 
 
 # --- the worker process ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class Dispatcher(Protocol):
 
     def start(self) -> None: ...
 
-    def dispatch(self, job_id: str) -> None: ...
+    def dispatch(self, job_id: str, delay: float = 0.0) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -58,7 +58,13 @@ class ThreadDispatcher:
     def start(self) -> None:
         self._sweeper.start()
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, delay: float = 0.0) -> None:
+        """Run the job in the pool (after `delay` seconds: the batching window, while requests join it)."""
+        if delay > 0:
+            timer = threading.Timer(delay, self.dispatch, args=(job_id,))
+            timer.daemon = True
+            timer.start()
+            return
         with self._lock:
             if job_id in self._in_flight or self.rt.stopping.is_set():
                 return
@@ -114,10 +120,10 @@ class CeleryDispatcher:
     def start(self) -> None:
         pass
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, delay: float = 0.0) -> None:
         from worker.celery_app import send_job
 
-        send_job(self.app, job_id, self.queue)
+        send_job(self.app, job_id, self.queue, countdown=delay)
 
     def stop(self) -> None:
         self.app.close()

@@ -71,15 +71,18 @@ def audit_bounds(report: dict[str, Any]) -> dict[str, Any]:
 SUCCESS = (FORGOTTEN, UNVERIFIED, NOT_MEMORISED)
 
 
-def request_metrics(report: dict[str, Any], index: int, default: str) -> tuple[str, dict[str, Any]]:
+def request_metrics(report: dict[str, Any], request_id: str, default: str) -> tuple[str, dict[str, Any]]:
     """One request's outcome and audit metrics: the job's report with the verdict narrowed to this request's
-    own records (core/pipeline.py `report["verdict"]["requests"]`); the utility half is the job's. A report
-    without per-request verdicts gives every request the job's outcome (`default`)."""
+    own records (core/pipeline.py `report["verdict"]["requests"]`, each entry named by `request_id` by the
+    runner); the utility half is the job's. A report without per-request verdicts gives every request the
+    job's outcome (`default`)."""
     metrics = audit_metrics(report)
     verdict = dict(report.get("verdict") or {})
     requests = verdict.pop("requests", None) or []
-    if index < len(requests):
-        mine = requests[index]
+    mine = next((r for r in requests if r.get("request_id") == request_id), None)
+    if mine is None and len(requests) == 1 and "request_id" not in requests[0]:
+        mine = requests[0]  # a report of one request, not yet named
+    if mine is not None:
         verdict.update({k: mine.get(k) for k in ("outcome", "before", "after")})
         verdict["records"] = mine.get("records")
     verdict["outcome"] = verdict.get("outcome") or default
@@ -103,10 +106,11 @@ def _conclude_requests(
 ) -> list[str]:
     """An audit record and a final status for every request of the job, each with its own outcome; their
     payloads are purged with it. Returns the outcomes."""
-    reqs = requests_of(session, job.id)
     outcomes = []
-    for k, req in enumerate(reqs):
-        outcome, metrics = request_metrics(report, k, default)
+    for req in requests_of(session, job.id):
+        if req.finished_at is not None:  # cancelled on its own while the job ran: audited then
+            continue
+        outcome, metrics = request_metrics(report, req.id, default)
         ok = outcome in SUCCESS
         which = _failed_conditions(metrics["verdict"])
         message = None if ok else f"{outcome}: nothing certified" + (f" (failed: {', '.join(which)})" if which else "")

@@ -56,6 +56,7 @@ class JobInputs:
     forget: list[Record]
     probes: list[Probe]
     groups: list[list[int]]
+    request_ids: list[str]
     retain: list[Record]
     holdout: list[Record]
     parent_id: str | None
@@ -155,6 +156,8 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
                 groups=inputs.groups,
             )
             fingerprint = loaded.fingerprint
+        for entry, request_id in zip(result.report["verdict"]["requests"], inputs.request_ids, strict=True):
+            entry["request_id"] = request_id  # publication matches each request's verdict by id
         reporter.flush()
         reporter.refresh_flags()
         if reporter.cancel_requested.is_set() or reporter.lost_lease.is_set():  # after the last step
@@ -208,7 +211,11 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
         forget: list[Record] = []
         groups: list[list[int]] = []  # each request's records, in requests_of order (publication's order too)
         probes: list[Probe] = []
+        request_ids: list[str] = []
         for req in transitions.requests_of(session, job_id):
+            if req.finished_at is not None:  # cancelled on its own while the job waited: not part of this run
+                continue
+            request_ids.append(req.id)
             if req.payload is None:
                 raise CoreError(f"request {req.id} has no payload left (already purged)")
             payload = decrypt_payload(rt.settings, req.id, req.payload)
@@ -224,6 +231,7 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
             forget=forget,
             probes=probes,
             groups=groups,
+            request_ids=request_ids,
             retain=[Record.from_dict(r) for r in model.retain],
             holdout=[Record.from_dict(r) for r in model.holdout],
             parent_id=parent.id if parent else None,

@@ -57,8 +57,11 @@ def requests_of(session: Session, job_id: str) -> list[ForgetRequest]:
 
 
 def set_requests(session: Session, job_id: str, status: str, *, error: str | None = None, final: bool = False) -> None:
+    """The status of the job's requests that have not ended (one cancelled on its own keeps its end)."""
     now = utcnow()
     for req in requests_of(session, job_id):
+        if req.finished_at is not None:
+            continue
         req.status = status
         req.error = error
         if final:
@@ -158,6 +161,26 @@ def release(session: Session, job_id: str, where: ColumnElement[bool], message: 
     add_event(session, job_id, message, level="warning")
     set_requests(session, job_id, QUEUED)
     return True
+
+
+def cancel_one(session: Session, req: ForgetRequest, job: Job) -> str:
+    """The API's cancel of one request. Alone in its job: the job is cancelled (`request_cancel`). In a job
+    serving others too (coalesced): only this request ends — `cancelled`, audited, its payload purged; a queued
+    job then runs without it, a running one goes on for the others and publishes nothing for it (the records
+    it had already loaded were part of that run's unlearning). Returns the request's status afterwards."""
+    others = [r for r in requests_of(session, job.id) if r.id != req.id and r.finished_at is None]
+    if not others:
+        request_cancel(session, job)
+        session.refresh(req)
+        return req.status
+    now = utcnow()
+    new_audit(session, req, job, verdict="cancelled", now=now)
+    req.status, req.error, req.finished_at = CANCELLED, None, now
+    purge_payload(req, now)
+    add_event(
+        session, job.id, f"request {req.id} cancelled; the job goes on for {len(others)} other(s)", level="warning"
+    )
+    return CANCELLED
 
 
 def request_cancel(session: Session, job: Job) -> str:

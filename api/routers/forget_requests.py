@@ -26,7 +26,7 @@ from api.deps import (
 from api.errors import AlreadyFinished
 from api.idempotency import IdempotencyKeyHeader
 from api.models import FINAL_STATUSES, ApiKey
-from worker.transitions import request_cancel
+from worker.transitions import cancel_one
 
 router = APIRouter(prefix="/v1/forget-requests", tags=["forget requests"])
 log = logging.getLogger("unlearnd.api")
@@ -48,7 +48,9 @@ def submit(
     out = views.request_out(session, req)
     session.commit()
     try:
-        dispatcher.dispatch(out.job_id)
+        # A request that joined a waiting job re-dispatches it (harmless: a claim happens once); a new job
+        # waits out the batching window first, gathering the requests that follow it.
+        dispatcher.dispatch(out.job_id, delay=settings.batch_window_seconds)
     except Exception:  # committed is what counts: the sweeper dispatches it later
         log.warning("dispatch of %s failed; the sweeper will retry", out.job_id, exc_info=True)
     response.headers["Location"] = f"/v1/forget-requests/{out.id}"
@@ -81,11 +83,13 @@ def _status(session: Session, id: str, tenant_id: str) -> schemas.ForgetRequestO
     "/{id}/cancel", status_code=202, response_model=schemas.ForgetRequestOut, dependencies=[scope(REQUESTS_WRITE)]
 )
 def cancel(req: RequestDep, session: DbSession, _idempotency: IdempotencyKeyHeader) -> schemas.ForgetRequestOut:
-    """A queued request is cancelled at once; a running one stops at its next step (status `cancelling`)."""
+    """A queued request is cancelled at once; a running one stops at its next step (status `cancelling`). A
+    request in a job that serves other requests too ends alone, and the job goes on for the others."""
     job = views.job_of_request(session, req.id)
-    if job.status in FINAL_STATUSES:
-        raise AlreadyFinished(f"request {req.id} already {job.status}", {"status": job.status})
-    request_cancel(session, job)
+    if job.status in FINAL_STATUSES or req.finished_at is not None:
+        status = req.status if req.finished_at is not None else job.status
+        raise AlreadyFinished(f"request {req.id} already {status}", {"status": status})
+    cancel_one(session, req, job)
     session.commit()
     session.refresh(req)
     return views.request_out(session, req)

@@ -115,3 +115,33 @@ def test_cumulative_version_forgets_both_requests_from_disk(tiny_loaded, tiny_wo
     first = evaluate_set(model, encode_set(tiny_loaded.tokenizer, forget[:3]), torch.device("cpu")).metrics
     assert first.extraction == 0.0
     assert first.ma <= never_seen + 0.05
+
+
+@pytest.mark.slow
+def test_a_version_beyond_the_rank_bound_is_compacted_and_still_exports_exactly(tiny_loaded, tiny_world, tmp_path):
+    """Rank 4 per job (FILA: 8 per version): version 2 would be rank 16; with a bound of 8 it is compacted to
+    8 — truncated SVD of the cumulative ΔW, then repaired by distilling the uncompressed model — and base +
+    exported adapter still reproduces the model the verdict was measured on."""
+    forget = tiny_world.forget
+    config = fast_config(rank=4, alpha=8, max_adapter_rank=8, compaction_steps=20)
+    v1 = run_forget(tiny_loaded, forget[:3], tiny_world.retain, tiny_world.holdout, config, out_dir=tmp_path / "v1")
+    assert v1.report["adapter"]["rank"] == 8 and "compaction" not in v1.report["adapter"]
+    v2 = run_forget(
+        tiny_loaded,
+        forget[3:],
+        tiny_world.retain,
+        tiny_world.holdout,
+        config,
+        out_dir=tmp_path / "v2",
+        previous_adapter=v1.adapter_dir,
+    )
+    info = v2.report["adapter"]
+    assert info["rank"] == 8 and info["parent_rank"] == 8
+    c = info["compaction"]
+    assert c["rank_before"] == 16 and c["rank"] == 8 and 0.0 < c["energy_discarded"] < 1.0
+    assert c["worst_module_energy_discarded"] >= c["energy_discarded"]
+    assert set(c["kl_after_repair"]) == {"retain", "holdout", "forget"}
+    assert sum(c["kl_after_repair"].values()) < sum(c["kl_before_repair"].values())  # the repair helps
+    assert info["export_max_abs_diff"] <= 1e-4
+    _, cfg = read_adapter(v2.adapter_dir)
+    assert cfg["r"] == 8
