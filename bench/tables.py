@@ -51,24 +51,26 @@ def restor(result: dict) -> str:
     return "\n".join(lines)
 
 
-def sequential(result: dict) -> str:
-    versions = result["versions"]
-    reqs = [n for n in versions[0]["metrics"] if n.startswith("request_")]
-    head = "| version | rank | adapter KB | steps | " + " | ".join(f"{r} extr." for r in reqs)
-    head += " | retain MA | retain extr. | holdout MA | export max abs diff |"
-    lines = [head, "|" + "---|" * (8 + len(reqs))]
-    for v in versions:
-        m = v["metrics"]
-        cells = [
-            str(v["version"]),
-            str(v.get("rank", "–")),
-            f"{v.get('adapter_bytes', 0) / 1024:.0f}",
-            str(v.get("steps", "–")),
-        ]
-        cells += [f"{m[r]['extraction']:.2f}" for r in reqs]
-        cells += [f"{m['retain']['ma']:.3f}", f"{m['retain']['extraction']:.2f}", f"{m['holdout']['ma']:.3f}"]
-        cells.append(f"{v['export_max_abs_diff']:.1e}" if "export_max_abs_diff" in v else "–")
-        lines.append("| " + " | ".join(cells) + " |")
+def stream(result: dict) -> str:
+    """README table of bench/stream: the sequential chain's bars, then the burst."""
+    seq, burst = result["sequential"], result["burst"]
+    lines = [
+        "| requests × people | outcomes | max rank | max adapter MB | earlier requests extracted "
+        "| worst earlier MA − holdout MA | retain MA drop | retain extraction kept |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {seq['requests']} × {seq['per_request']} | "
+        + ", ".join(f"{o}: {seq['outcomes'].count(o)}" for o in sorted(set(seq["outcomes"])))
+        + f" | {seq['max_rank']} | {seq['max_adapter_mb']} | {seq['earlier_requests_extracted']} | "
+        f"{seq['worst_earlier_ma_minus_holdout']:+.3f} | {seq['retain_ma_drop']} | {seq['retain_extraction_kept']} |",
+        "",
+        "| burst | jobs | submitted within | single request | last verdict | ratio | verdicts | audits "
+        "| certificates |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {burst['requests']} × {burst['per_request']} | {burst['jobs']} | {burst['submitted_within_seconds']} s | "
+        f"{burst['single']['seconds']} s | {burst['last_verdict_seconds']} s | {burst['ratio_to_single']}× | "
+        + ", ".join(f"{v}: {burst['verdicts'].count(v)}" for v in sorted({str(x) for x in burst["verdicts"]}))
+        + f" | {burst['audits']} | {burst['certificates']} |",
+    ]
     return "\n".join(lines)
 
 
@@ -177,7 +179,7 @@ def _level(r: dict, c: str) -> dict:
     return next(lv for lv in r["api"]["levels"] if str(lv["concurrency"]) == c)
 
 
-RENDER = {"forgetting": forgetting, "restor": restor, "sequential": sequential}
+RENDER = {"forgetting": forgetting, "restor": restor, "stream": stream}
 
 
 def main() -> None:

@@ -350,6 +350,8 @@ def _retain_term_name(config: UnlearnConfig, anchored: bool) -> str | None:
     objective = OBJECTIVES[config.method]
     if not objective.uses_retain:
         return None
+    if objective.anchors_reference:
+        return "kl_to_original_model"
     if objective.needs_ref_retain_logits or (anchored and config.previous_kl_weight > 0):
         return "kl_to_starting_model"
     return "nll" if config.retain_weight > 0 else None

@@ -123,6 +123,17 @@ class Adapted:
                     lora.set_factors(layer, *current[n])
 
     @contextlib.contextmanager
+    def original(self) -> Iterator[nn.Module]:
+        """The original model, whatever version this run starts from: the base with every adapter disabled
+        (peft's `disable_adapter`), or the starting copy for full fine-tuning (which merged the previous
+        version into it: the closest it keeps)."""
+        if self.init == "full":
+            yield self.reference_copy
+            return
+        with self.model.disable_adapter():
+            yield self.model
+
+    @contextlib.contextmanager
     def merged(self) -> Iterator[nn.Module]:
         """The model with LoRA folded into its weights, for inference only (the before- and after-reports): it
         runs at the base model's speed, without the adapter's extra matmuls per layer (≈ 15–20 % of an
@@ -481,8 +492,10 @@ def train(
         ref_logits = None
         if needs_ref:
             # Before the trained forward: the FILA reference swaps weights in place, which must not
-            # happen under a live autograd graph.
-            with torch.no_grad(), autocast(device), adapted.reference() as ref:
+            # happen under a live autograd graph. A pure anchor (ctd) holds the *original* model however many
+            # versions came before (no erosion across a stream of requests); the others hold the start.
+            anchor = adapted.original() if objective.anchors_reference else adapted.reference()
+            with torch.no_grad(), autocast(device), anchor as ref:
                 ref_logits = ref(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
         with autocast(device):
             logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits

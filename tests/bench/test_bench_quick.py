@@ -38,19 +38,23 @@ def test_forgetting_quick(tmp_path):
     assert path.with_suffix(".png").stat().st_size > 1000
 
 
-def test_sequential_quick(tmp_path):
-    from bench import sequential
+def test_stream_quick(tmp_path):
+    from bench import stream
     from bench.common import emit
 
-    result = sequential.run(quick=True, requests=2, per_request=2, method="ihl", init="fila")
-    path = emit("sequential", result, tmp_path)
-    sequential.plot(result, path.with_suffix(".png"))
-    versions = json.loads(path.read_text())["versions"]
-    assert [v["version"] for v in versions] == [0, 1, 2]
-    assert versions[2]["rank"] == 2 * versions[1]["rank"]  # cumulative: ranks concatenate
-    for v in versions[1:]:
-        assert v["export_max_abs_diff"] <= 1e-4 and v["adapter_bytes"] > 0
-        assert set(v["metrics"]) == {"request_1", "request_2", "retain", "holdout"}
+    result = stream.run(quick=True, requests=2, per_request=2, burst_size=3)
+    path = emit("stream", result, tmp_path)
+    stream.plot(result, path.with_suffix(".png"))
+    back = json.loads(path.read_text())
+    seq, burst = back["sequential"], back["burst"]
+    assert [v["request"] for v in seq["versions"]] == [0, 1, 2] and len(seq["outcomes"]) == 2
+    for v in seq["versions"][1:]:
+        if "metrics" in v:  # published: measured from disk, every earlier request's records included
+            assert v["export_max_abs_diff"] <= 1e-4 and v["rank"] <= 64
+            assert {f"request_{i}" for i in range(1, v["request"] + 1)} <= set(v["metrics"])
+    assert burst["requests"] == 3 and 1 <= burst["jobs"] <= 3 and len(burst["verdicts"]) == 3
+    assert burst["audits"] == 3 and burst["certificates"] == 3  # every request its own audit and certificate
+    assert _finite(burst["ratio_to_single"])
 
 
 def test_restor_quick(tmp_path):
