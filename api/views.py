@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -94,6 +94,27 @@ def request_status(session: Session, request_id: str, tenant_id: str) -> schemas
     params = {"request_id": request_id, "tenant_id": tenant_id}
     row = session.connection().execute(_STATUS_OF_TENANT, params).one_or_none()
     return None if row is None else _request_body(row, row)
+
+
+def request_page(
+    session: Session, tenant_id: str, *, status: str | None, model_id: str | None, after_id: str | None, limit: int
+) -> list[schemas.ForgetRequestOut]:
+    """`GET /v1/forget-requests`: up to `limit` of the tenant's requests, newest first (created_at, then id),
+    after the request `after_id` (the cursor; one of another tenant or unknown ends the list)."""
+    query = _STATUS.where(ForgetRequest.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(ForgetRequest.status == status)
+    if model_id is not None:
+        query = query.where(ForgetRequest.model_id == model_id)
+    if after_id is not None:
+        after = (
+            select(ForgetRequest.created_at)
+            .where(ForgetRequest.id == after_id, ForgetRequest.tenant_id == tenant_id)
+            .scalar_subquery()
+        )
+        query = query.where(tuple_(ForgetRequest.created_at, ForgetRequest.id) < tuple_(after, after_id))
+    query = query.order_by(ForgetRequest.created_at.desc(), ForgetRequest.id.desc()).limit(limit)
+    return [_request_body(row, row) for row in session.execute(query).all()]
 
 
 def request_out(session: Session, req: ForgetRequest) -> schemas.ForgetRequestOut:
