@@ -8,12 +8,25 @@ from sqlalchemy import Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session
 
 from api import schemas
-from api.models import AdapterVersion, AuditRecord, BaseModel, ForgetRequest, Job, JobEvent, JobRequest
+from api.models import (
+    FINAL_STATUSES,
+    AdapterVersion,
+    AuditRecord,
+    BaseModel,
+    ForgetRequest,
+    Job,
+    JobEvent,
+    JobRequest,
+)
+
+DONE = "done"  # the phase a finished job shows
 
 
-def progress(job: Job | Row[Any]) -> schemas.ProgressOut:
-    """A job's progress, from its row or from a `_STATUS` row (same column names)."""
-    return schemas.ProgressOut(phase=job.phase, step=job.step, total=job.total, metrics=job.progress or {})
+def progress(job: Job | Row[Any], status: str) -> schemas.ProgressOut:
+    """A job's progress, from its row or from a `_STATUS` row (same column names). A finished job's phase is
+    `done`: the worker's last write (`exporting`, or the phase a failure interrupted) is history by then."""
+    phase = DONE if status in FINAL_STATUSES else job.phase
+    return schemas.ProgressOut(phase=phase, step=job.step, total=job.total, metrics=job.progress or {})
 
 
 def model_out(session: Session, model: BaseModel) -> schemas.ModelOut:
@@ -65,6 +78,7 @@ _STATUS = (
         ForgetRequest.created_at,
         ForgetRequest.finished_at,
         Job.id.label("job_id"),
+        Job.status.label("job_status"),
         Job.config.label("job_config"),
         Job.phase,
         Job.step,
@@ -138,7 +152,7 @@ def _request_body(req: ForgetRequest | Row[Any], links: Row[Any]) -> schemas.For
         record_hashes=req.record_hashes,
         probe_count=req.probe_count,
         config=links.job_config,
-        progress=progress(links),
+        progress=progress(links, links.job_status),
         adapter_version=(
             schemas.AdapterRef(id=links.adapter_id, version=links.adapter_version) if links.adapter_id else None
         ),
@@ -158,7 +172,7 @@ def job_out(session: Session, job: Job) -> schemas.JobOut:
         status=job.status,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
-        progress=progress(job),
+        progress=progress(job, job.status),
         request_ids=list(request_ids),
         config=job.config,
         error=job.error,

@@ -224,9 +224,9 @@ def reading(audit: dict[str, Any]) -> str:
             f"{fmt(k.retain_ma_after)} and short-prefix extraction of retained records from "
             f"{fmt(k.extraction_before, 2)} to {fmt(k.extraction_after, 2)}"
             if k.lost
-            else f"The retained data kept its level (retain MA {fmt(k.retain_ma_before)} → {fmt(k.retain_ma_after)})"
+            else f"The retained data kept its level: retain MA {fmt(k.retain_ma_before)} → {fmt(k.retain_ma_after)}"
         )
-        bound = f" (allowed: an MA drop of at most {fmt(k.ma_drop_bound, 2)})" if k.ma_drop_bound is not None else ""
+        bound = f" (allowed: a drop of at most {fmt(k.ma_drop_bound, 2)})" if k.ma_drop_bound is not None else ""
         parts.append(cost + bound + ".")
     failed = failed_conditions(metrics)
     if verdict == "forgotten":
