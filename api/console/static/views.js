@@ -44,7 +44,7 @@ export async function requests(view) {
         { title: "ticket", cell: (r) => r.ticket || "–" },
         { title: "submitted", cell: (r) => when(r.created_at) },
       ], page.data, { id: "requests-table", empty: "No forget requests yet." }),
-      page.has_more ? h("p", { class: "muted" }, "Showing the newest 100.") : null);
+      ...(page.has_more ? [h("p", { class: "muted" }, "Showing the newest 100.")] : []));
       return page.data.some((r) => !FINAL.includes(r.status));
     } catch (e) { body.replaceChildren(errorBox(e)); return false; }
   }
@@ -194,7 +194,7 @@ export async function audits(view) {
         { title: "ticket", cell: (a) => a.ticket || "–" },
         { title: "completed", cell: (a) => when(a.completed_at) },
       ], rows, { id: "audits-table", empty: "No audit records match." }),
-      next ? h("p", {}, h("button", { type: "button", class: "secondary", onclick: () => load(true) }, "Load more")) : null);
+      ...(next ? [h("p", {}, h("button", { type: "button", class: "secondary", onclick: () => load(true) }, "Load more"))] : []));
     } catch (e) { body.replaceChildren(errorBox(e)); }
   }
   const verifyChain = async () => {
