@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 FORGET, HOLDOUT, RETAIN = "#c0392b", "#2c6fbb", "#2e8b57"
@@ -18,11 +19,9 @@ _RC = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.s
 
 
 def _figure(width: float, height: float, cols: int) -> tuple[Figure, Any]:
-    import matplotlib
-
-    matplotlib.rcParams.update(_RC)
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.subplots(1, cols, squeeze=False)[0]
+    with rc_context(_RC):  # the style binds when the axes are made; rcParams are left as they were
+        fig = Figure(figsize=(width, height), layout="constrained")
+        return fig, fig.subplots(1, cols, squeeze=False)[0]
 
 
 def _ecdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -108,7 +107,8 @@ def probe_accuracy(metrics: dict[str, Any]) -> Figure | None:
 def svg(fig: Figure) -> str:
     """The figure as an inline <svg> element that scales with the page (its size moves to a viewBox)."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    with rc_context(_RC):  # svg.fonttype is read when saving
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg") :]
     text = re.sub(r'\s(width|height)="[\d.]+pt"', "", text[: text.index(">")], count=2) + text[text.index(">") :]
@@ -117,5 +117,6 @@ def svg(fig: Figure) -> str:
 
 def save_png(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=130)
+    with rc_context(_RC):
+        fig.savefig(path, format="png", dpi=130)
     return path

@@ -146,3 +146,22 @@ def test_piped_output_is_never_wrapped():
     text = out.getvalue()
     assert line.strip() in [row.rstrip() for row in text.splitlines()]
     assert all(any(a["id"] in row and a["request_id"] in row for row in text.splitlines()) for a in AUDITS)
+
+
+def test_the_audit_view_flags_a_retain_loss_and_explains_its_terms():
+    from cli.audit_view import print_audit
+
+    metrics = {
+        "steps": 12,
+        "before": {"forget": {"ma": 0.97}, "holdout": {"ma": 0.4}, "retain": {"ma": 0.96}},
+        "after": {"forget": {"ma": 0.39}, "holdout": {"ma": 0.4}, "retain": {"ma": 0.91, "extraction_short": 0.5}},
+        "original": {"retain": {"ma": 0.96, "extraction_short": 0.9}},
+        "verdict": {"bounds": {"max_retain_ma_drop": 0.02}, "after": {"failed": []}, "utility": {"failed": []}},
+    }
+    audit = {"id": "aud_x", "verdict": "model_damaged", "metrics": metrics, "seq": 3, "hash": "h" * 64}
+    out = io.StringIO()
+    print_audit(audit, Console(file=out, width=PIPED_WIDTH), explain=True)
+    text = out.getvalue()
+    assert "retain loss: retain MA 0.960 → 0.910, short-prefix extraction 0.90 → 0.50" in text
+    assert "MA: memorisation accuracy" in text and "EL10: extraction likelihood" in text and "MIA AUC:" in text
+    assert "Forgetting broke the model. " in text and "The retained data paid for it" in text
