@@ -29,6 +29,7 @@ COPY api/ api/
 COPY core/ core/
 COPY worker/ worker/
 COPY cli/ cli/
+COPY unlearnd/ unlearnd/
 COPY migrations/ migrations/
 RUN pip install --no-deps . && python -c "import api.app, sys; assert 'torch' not in sys.modules"
 USER unlearnd
@@ -49,6 +50,7 @@ COPY api/ api/
 COPY core/ core/
 COPY worker/ worker/
 COPY cli/ cli/
+COPY unlearnd/ unlearnd/
 COPY migrations/ migrations/
 RUN pip install -c constraints.txt .
 USER unlearnd

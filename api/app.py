@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import certificates, chain_head, idempotency, security
+from api.console import routes as console
 from api.db import read_only_factory, transaction, upgrade_to_head
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guard import RequestGuard
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
     ):
         app.include_router(router, responses=ERROR_RESPONSES)
+    console.install(app)
     return app
 
 

@@ -170,7 +170,7 @@ class AdapterRef(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    phase: str | None
+    phase: str | None = Field(description="fisher | unlearning | evaluating | exporting; `done` once the job ended.")
     step: int
     total: int
     metrics: dict[str, Any]

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session
 
 from api import schemas
-from api.models import AdapterVersion, AuditRecord, BaseModel, ForgetRequest, Job, JobEvent, JobRequest
+from api.models import (
+    FINAL_STATUSES,
+    AdapterVersion,
+    AuditRecord,
+    BaseModel,
+    ForgetRequest,
+    Job,
+    JobEvent,
+    JobRequest,
+)
+
+DONE = "done"  # the phase a finished job shows
 
 
-def progress(job: Job | Row[Any]) -> schemas.ProgressOut:
-    """A job's progress, from its row or from a `_STATUS` row (same column names)."""
-    return schemas.ProgressOut(phase=job.phase, step=job.step, total=job.total, metrics=job.progress or {})
+def progress(job: Job | Row[Any], status: str) -> schemas.ProgressOut:
+    """A job's progress, from its row or from a `_STATUS` row (same column names). A finished job's phase is
+    `done`: the worker's last write (`exporting`, or the phase a failure interrupted) is history by then."""
+    phase = DONE if status in FINAL_STATUSES else job.phase
+    return schemas.ProgressOut(phase=phase, step=job.step, total=job.total, metrics=job.progress or {})
 
 
 def model_out(session: Session, model: BaseModel) -> schemas.ModelOut:
@@ -65,6 +78,7 @@ _STATUS = (
         ForgetRequest.created_at,
         ForgetRequest.finished_at,
         Job.id.label("job_id"),
+        Job.status.label("job_status"),
         Job.config.label("job_config"),
         Job.phase,
         Job.step,
@@ -98,6 +112,27 @@ def request_status(session: Session, request_id: str, tenant_id: str) -> schemas
     return None if row is None else _request_body(row, row)
 
 
+def request_page(
+    session: Session, tenant_id: str, *, status: str | None, model_id: str | None, after_id: str | None, limit: int
+) -> list[schemas.ForgetRequestOut]:
+    """`GET /v1/forget-requests`: up to `limit` of the tenant's requests, newest first (created_at, then id),
+    after the request `after_id` (the cursor; one of another tenant or unknown ends the list)."""
+    query = _STATUS.where(ForgetRequest.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(ForgetRequest.status == status)
+    if model_id is not None:
+        query = query.where(ForgetRequest.model_id == model_id)
+    if after_id is not None:
+        after = (
+            select(ForgetRequest.created_at)
+            .where(ForgetRequest.id == after_id, ForgetRequest.tenant_id == tenant_id)
+            .scalar_subquery()
+        )
+        query = query.where(tuple_(ForgetRequest.created_at, ForgetRequest.id) < tuple_(after, after_id))
+    query = query.order_by(ForgetRequest.created_at.desc(), ForgetRequest.id.desc()).limit(limit)
+    return [_request_body(row, row) for row in session.execute(query).all()]
+
+
 def request_out(session: Session, req: ForgetRequest) -> schemas.ForgetRequestOut:
     """A request of this session (just created or changed) with its job and what the job published."""
     return _request_body(req, session.execute(_STATUS_OF_REQUEST, {"request_id": req.id}).one())
@@ -119,7 +154,7 @@ def _request_body(req: ForgetRequest | Row[Any], links: Row[Any]) -> schemas.For
         record_hashes=req.record_hashes,
         probe_count=req.probe_count,
         config=links.job_config,
-        progress=progress(links),
+        progress=progress(links, links.job_status),
         adapter_version=(
             schemas.AdapterRef(id=links.adapter_id, version=links.adapter_version) if links.adapter_id else None
         ),
@@ -139,7 +174,7 @@ def job_out(session: Session, job: Job) -> schemas.JobOut:
         status=job.status,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
-        progress=progress(job),
+        progress=progress(job, job.status),
         request_ids=list(request_ids),
         config=job.config,
         error=job.error,

@@ -124,9 +124,9 @@ def unlearn(
 
 
 def _console_progress():
-    from rich.console import Console
+    from cli.output import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     last = {"phase": None}
 
     def report(phase: str, step: int, total: int, metrics: dict) -> None:
@@ -145,8 +145,9 @@ def _console_progress():
 
 
 def _print_summary(report: dict) -> None:
-    """The run as the audit would show it (cli/service_cmds.print_audit), from the local report."""
-    from cli.service_cmds import print_audit
+    """The run as the audit would show it (cli/audit_view.print_audit), from the local report."""
+    from cli.audit_view import print_audit
+    from cli.output import console
 
     audit = {
         "id": "local run",
@@ -156,7 +157,7 @@ def _print_summary(report: dict) -> None:
         "seq": "-",
         "hash": "-" * 16,
     }
-    print_audit(audit)
+    print_audit(audit, console())
 
 
 def register(app: typer.Typer) -> None:

@@ -6,11 +6,10 @@ the HTTP client commands start fast.
 
 from __future__ import annotations
 
-import typer
-
 from cli import core_cmds
+from cli.help import App
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="unlearnd: machine unlearning as a service.")
+app = App(help="unlearnd: machine unlearning as a service.")
 core_cmds.register(app)
 
 try:  # service and client commands (api/, worker/) register themselves when present

@@ -9,9 +9,10 @@ from typing import Annotated
 
 import typer
 
+from cli.help import App
 from cli.service_cmds import KeyOpt, UrlOpt, _call, _client, keys_app, server_database
 
-certificate_app = typer.Typer(no_args_is_help=True, help="Signed unlearning certificates: fetch and verify.")
+certificate_app = App(help="Signed unlearning certificates: fetch and verify.")
 
 
 def _sessions():
@@ -82,10 +83,9 @@ def certificate_get(
 ) -> None:
     """Download the signed certificate of an audit record (byte for byte as served)."""
     client = _client(url, key)
-    r = _call(client.send, "GET", f"/v1/audits/{audit_id}/certificate")
-    out.write_bytes(r.content)
+    out.write_bytes(_call(client.certificate, audit_id))
     if public_key_out is not None:
-        public_key_out.write_text(json.dumps(_call(client.get, "/v1/keys/audit-public"), indent=2))
+        public_key_out.write_text(json.dumps(_call(client.audit_public_key), indent=2))
     typer.echo(str(out))
 
 

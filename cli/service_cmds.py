@@ -1,8 +1,9 @@
-"""Service and client commands: `serve`, `keys`, `models`, `forget`, `adapters`, `audits`, and `demo`.
+"""Service and client commands: `serve`, `worker`, `keys`, `models`, `forget`, `adapters`, `audits`.
 
-Client commands talk HTTP to `UNLEARND_URL` with `UNLEARND_API_KEY`. Heavy modules (the server, torch) are
-imported inside command bodies, so `unlearnd --help` and the client commands start fast. An API error
-exits with status 2 and its code and message; an unreachable server exits with 1.
+Client commands talk HTTP to `UNLEARND_URL` with `UNLEARND_API_KEY` through the SDK (`unlearnd.Client`).
+Heavy modules (the server, torch) are imported inside command bodies, so `unlearnd --help` and the client
+commands start fast. An API error exits with status 2 and its code and message; an unreachable server
+exits with 1.
 """
 
 from __future__ import annotations
@@ -13,30 +14,37 @@ from typing import Annotated, Any
 
 import typer
 
-keys_app = typer.Typer(no_args_is_help=True, help="API keys (direct database access, on the server host).")
-models_app = typer.Typer(no_args_is_help=True, help="Register and list base models.")
-forget_app = typer.Typer(no_args_is_help=True, help="Submit and follow forget requests.")
-adapters_app = typer.Typer(no_args_is_help=True, help="List and download adapter versions.")
-audits_app = typer.Typer(no_args_is_help=True, help="Query and verify the audit log.")
+from cli.help import App
+
+keys_app = App(help="API keys (direct database access, on the server host).")
+models_app = App(help="Register and list base models.")
+forget_app = App(help="Submit and follow forget requests.")
+adapters_app = App(help="List and download adapter versions.")
+audits_app = App(help="Query and verify the audit log; evidence reports.")
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="UNLEARND_URL", help="Server URL.")]
 KeyOpt = Annotated[str | None, typer.Option("--key", envvar="UNLEARND_API_KEY", help="API key.", show_default=False)]
 
 
 def _client(url: str | None, key: str | None):
-    from cli.client import Client
+    from unlearnd import Client
 
     return Client(url, key)
 
 
 def _call(fn, *args: Any, **kwargs: Any) -> Any:
-    from cli.client import ApiFailure
+    """`fn(*args, **kwargs)`; an API error exits 2 with its code, an unreachable server 1."""
+    from unlearnd import ApiError
 
     try:
         return fn(*args, **kwargs)
-    except ApiFailure as e:
+    except ApiError as e:
         typer.echo(f"error: {e.code}: {e.message}", err=True)
         raise typer.Exit(1 if e.status == 0 else 2) from None
+
+
+def _dump(item: Any) -> Any:
+    return item.model_dump(mode="json")
 
 
 def _print_json(data: Any) -> None:
@@ -62,6 +70,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default UNLEARND_PORT or 8000).")] = None,
 ) -> None:
     """Run the API with its embedded thread dispatcher (or the one UNLEARND_DISPATCHER names)."""
+    from cli.output import quiet_libraries
+
+    quiet_libraries()
     from api.server import serve_forever
     from api.settings import Settings
 
@@ -176,19 +187,21 @@ def models_add(
     key: KeyOpt = None,
 ) -> None:
     """Register a base model; prints its id."""
-    body = {
-        "name": name,
-        "source": source,
-        "retain": _read_records(retain) if retain else [],
-        "holdout": _read_records(holdout) if holdout else [],
-    }
-    model = _call(_client(url, key).post, "/v1/models", body)
-    typer.echo(model["id"])
+    model = _call(
+        _client(url, key).register_model,
+        name,
+        source,
+        retain=_read_records(retain) if retain else [],
+        holdout=_read_records(holdout) if holdout else [],
+    )
+    typer.echo(model.id)
 
 
 @models_app.command("list")
 def models_list(url: UrlOpt = None, key: KeyOpt = None) -> None:
-    _print_json(_call(_client(url, key).get, "/v1/models")["data"])
+    """Registered models (JSON), each with its active adapter version."""
+    client = _client(url, key)
+    _print_json(_call(lambda: [_dump(m) for m in client.models()]))
 
 
 @forget_app.command("submit")
@@ -196,74 +209,53 @@ def forget_submit(
     file: Annotated[Path, typer.Argument(help="JSONL of records to forget ({'text'} or {'prompt','completion'}).")],
     model: Annotated[str, typer.Option("--model", help="Model id.")],
     subject: Annotated[str, typer.Option("--subject", help="The data subject's id in your system.")],
-    legal_basis: Annotated[str, typer.Option("--legal-basis")] = "GDPR Art. 17",
+    legal_basis: Annotated[str, typer.Option("--legal-basis", help="Why the data is erased.")] = "GDPR Art. 17",
     ticket: Annotated[str | None, typer.Option(help="Your ticket reference.")] = None,
     probes: Annotated[Path | None, typer.Option(help="JSONL of {'question','answer'} probes.")] = None,
-    method: Annotated[str | None, typer.Option(help="ihl | ga | gd | kl | npo")] = None,
+    method: Annotated[str | None, typer.Option(help="ctd | ihl | ga | gd | kl | npo")] = None,
     init: Annotated[str | None, typer.Option(help="fila | lora")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Unlearning step budget.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="A retry with the same key returns the first request.")
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow progress until the request ends.")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
     """Submit a forget request; prints its id (and follows it with --watch)."""
-    from core.records import read_jsonl
+    from unlearnd import read_jsonl
 
-    body: dict[str, Any] = {
-        "model_id": model,
-        "subject": {"id": subject, "legal_basis": legal_basis, "ticket": ticket},
-        "records": _read_records(file),
-    }
-    if probes:
-        body["probes"] = read_jsonl(probes)
-    if method:
-        body["method"] = method
-    if init:
-        body["init"] = init
-    if max_steps:
-        body["config"] = {"max_steps": max_steps}
     client = _client(url, key)
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    req = _call(client.post, "/v1/forget-requests", body, headers)
-    typer.echo(req["id"])
+    req = _call(
+        client.forget,
+        model,
+        _read_records(file),
+        subject=subject,
+        legal_basis=legal_basis,
+        ticket=ticket,
+        probes=read_jsonl(probes) if probes else None,
+        method=method,
+        init=init,
+        config={"max_steps": max_steps} if max_steps else None,
+        idempotency_key=idempotency_key,
+    )
+    typer.echo(req.id)
     if watch:
-        _finish(_watch(client, req["id"]))
+        _finish(_watch(client, req.id))
 
 
-def _watch(client: Any, request_id: str) -> dict:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _watch(client: Any, request_id: str) -> Any:
+    from cli.output import console
+    from cli.progress import follow
 
-    with Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("queued", total=None, info="")
-
-        def update(req: dict, job: dict) -> None:
-            p = job["progress"]
-            metrics = p.get("metrics") or {}
-            info = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-            bar.update(
-                task,
-                description=p["phase"] or req["status"],
-                completed=p["step"],
-                total=p["total"] or None,
-                info=info,
-            )
-
-        return _call(client.wait, request_id, update)
+    return _call(follow, client, request_id, console())
 
 
-def _finish(req: dict) -> None:
-    typer.echo(f"{req['id']}: {req['status']}" + (f" ({req['verdict']})" if req.get("verdict") else ""))
-    if req.get("error"):
-        typer.echo(f"error: {req['error']}", err=True)
-    if req["status"] != "succeeded":
+def _finish(req: Any) -> None:
+    typer.echo(f"{req.id}: {req.status}" + (f" ({req.verdict})" if req.verdict else ""))
+    if req.error:
+        typer.echo(f"error: {req.error}", err=True)
+    if req.status != "succeeded":
         raise typer.Exit(1)
 
 
@@ -279,19 +271,25 @@ def forget_status(
     if watch:
         _finish(_watch(client, request_id))
     else:
-        _print_json(_call(client.get, f"/v1/forget-requests/{request_id}"))
+        _print_json(_dump(_call(client.request, request_id)))
 
 
 @forget_app.command("cancel")
-def forget_cancel(request_id: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
-    req = _call(_client(url, key).post, f"/v1/forget-requests/{request_id}/cancel")
-    typer.echo(f"{req['id']}: {req['status']}")
+def forget_cancel(
+    request_id: Annotated[str, typer.Argument(help="Forget request id.")], url: UrlOpt = None, key: KeyOpt = None
+) -> None:
+    """Cancel a request: at once while queued, at the job's next step while running."""
+    req = _call(_client(url, key).cancel, request_id)
+    typer.echo(f"{req.id}: {req.status}")
 
 
 @adapters_app.command("list")
-def adapters_list(model_id: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
-    """A model's adapter versions, newest first."""
-    _print_json(_call(_client(url, key).get, f"/v1/models/{model_id}/adapters")["data"])
+def adapters_list(
+    model_id: Annotated[str, typer.Argument(help="Model id.")], url: UrlOpt = None, key: KeyOpt = None
+) -> None:
+    """A model's adapter versions (JSON), newest first."""
+    client = _client(url, key)
+    _print_json(_call(lambda: [_dump(a) for a in client.adapters(model_id)]))
 
 
 @adapters_app.command("download")
@@ -303,7 +301,7 @@ def adapters_download(
 ) -> None:
     """Download an adapter, verify its sha256, unpack it (load it with peft on the base model)."""
     meta = _call(_client(url, key).download_adapter, adapter_id, out)
-    typer.echo(f"adapter v{meta['version']} verified (sha256 {meta['sha256']}) → {out}")
+    typer.echo(f"adapter v{meta.version} verified (sha256 {meta.sha256}) → {out}")
 
 
 @audits_app.command("list")
@@ -314,32 +312,55 @@ def audits_list(
         str | None,
         typer.Option(help="e.g. forgotten | not_memorised | not_reached | model_damaged | failed | cancelled"),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Page size.")] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Audit records, newest first."""
-    page = _call(_client(url, key).get, "/v1/audits", subject=subject, model_id=model, verdict=verdict, limit=limit)
-    if as_json:
-        _print_json(page["data"])
-        return
-    from rich.console import Console
-    from rich.table import Table
+    """Audit records, newest first (a table whose ids are never cut; --json for everything)."""
+    from itertools import islice
 
-    table = Table("seq", "id", "request", "verdict", "forget MA before→after", "completed")
-    for a in page["data"]:
-        before = ((a["metrics"] or {}).get("before") or {}).get("forget", {}).get("ma")
-        after = ((a["metrics"] or {}).get("after") or {}).get("forget", {}).get("ma")
-        ma = f"{before:.3f} → {after:.3f}" if before is not None and after is not None else "-"
-        table.add_row(str(a["seq"]), a["id"], a["request_id"], a["verdict"], ma, a["completed_at"])
-    Console().print(table)
+    from cli.audit_view import audit_table
+    from cli.output import console
+
+    client = _client(url, key)
+    rows = _call(
+        lambda: [
+            _dump(a)
+            for a in islice(
+                client.audits(subject=subject, model_id=model, verdict=verdict, page_size=min(limit, 200)), limit
+            )
+        ]
+    )
+    if as_json:
+        _print_json(rows)
+        return
+    out = console()
+    out.print(audit_table(rows, out.width))
 
 
 @audits_app.command("show")
-def audits_show(audit_id: str, url: UrlOpt = None, key: KeyOpt = None) -> None:
-    audit = _call(_client(url, key).get, f"/v1/audits/{audit_id}")
-    print_audit(audit)
+def audits_show(
+    audit_id: Annotated[str, typer.Argument(help="Audit record id (aud_…).")], url: UrlOpt = None, key: KeyOpt = None
+) -> None:
+    """One audit record as evidence: the membership tests, what the model kept, the failed conditions."""
+    from cli.audit_view import print_audit
+    from cli.output import console
+
+    print_audit(_dump(_call(_client(url, key).audit, audit_id)), console())
+
+
+@audits_app.command("report")
+def audits_report(
+    audit_id: Annotated[str, typer.Argument(help="Audit record id (aud_…).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the HTML report.")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Save the evidence report of an audit record: one self-contained, printable HTML file."""
+    html = _call(_client(url, key).report, audit_id)
+    out.write_text(html, encoding="utf-8")
+    typer.echo(str(out))
 
 
 @audits_app.command("head")
@@ -350,7 +371,7 @@ def audits_head(
 ) -> None:
     """The audit chain's signed head (newest seq and hash). Keep heads outside the service and check them
     with `audits verify --head FILE`: a chain that lost records behind a saved head fails."""
-    head = _call(_client(url, key).get, "/v1/audits/head")
+    head = _call(_client(url, key).audit_head)
     if out is None:
         _print_json(head)
         return
@@ -376,13 +397,14 @@ def audits_verify(
 ) -> None:
     """Recompute the audit hash chain on the server and check it ends at its signed head (and, with --head,
     that it still contains a head you saved); exit 1 if it is broken."""
-    params: dict[str, Any] = {}
-    if head is not None:
-        saved = _saved_head(head, public_key)
-        params = {"head_seq": saved["seq"], "head_hash": saved["hash"]}
-    result = _call(_client(url, key).get, "/v1/audits/verify", **params)
-    _print_json(result)
-    if not result["ok"]:
+    saved = _saved_head(head, public_key) if head is not None else None
+    result = _call(
+        _client(url, key).verify_chain,
+        head_seq=saved["seq"] if saved else None,
+        head_hash=saved["hash"] if saved else None,
+    )
+    _print_json(_dump(result))
+    if not result.ok:
         raise typer.Exit(1)
 
 
@@ -406,158 +428,9 @@ def _saved_head(path: Path, public_key: Path | None) -> dict:
     return doc
 
 
-def print_audit(audit: dict) -> None:
-    """The audit as the evidence a reader needs: the forget set against never-seen data (each membership
-    score's AUC with its interval and the two-sided test), what the model kept against the original model,
-    and which conditions of the verdict failed."""
-    from rich.console import Console
-    from rich.table import Table
-
-    metrics = audit.get("metrics") or {}
-    before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    verdict = metrics.get("verdict") or {}
-    evidence = verdict.get("after") or verdict.get("before") or {}
-    console = Console()
-    table = Table(title=f"audit {audit['id']} — verdict: {audit['verdict']}")
-    for col in ("forget set vs holdout (never seen)", "before", "after", "never-seen level"):
-        table.add_column(col)
-    b_mia, a_mia = before.get("mia") or {}, after.get("mia") or {}
-    for name, score in (("loss", "loss"), ("zlib", "zlib"), ("min_k", "Min-k%")):
-        t = (evidence.get("scores") or {}).get(name) or {}
-        interval = f" [{_fmt(t.get('auc_low'))}, {_fmt(t.get('auc_high'))}] p={_fmt(t.get('p_value'))}" if t else ""
-        table.add_row(
-            f"MIA AUC, {score}", _fmt(b_mia.get(f"{name}_auc")), _fmt(a_mia.get(f"{name}_auc")) + interval, "0.5"
-        )
-    f0, f1, h1 = (
-        before.get("forget") or {},
-        after.get("forget") or {},
-        after.get("holdout") or before.get("holdout") or {},
-    )
-    for m, label in (
-        ("ma", "MA"),
-        ("el10", "EL10"),
-        ("extraction", "extraction (any prefix)"),
-        ("perplexity", "perplexity"),
-    ):
-        table.add_row(f"forget {label}", _fmt(f0.get(m)), _fmt(f1.get(m)), f"holdout {_fmt(h1.get(m))}")
-    console.print(table)
-    original = metrics.get("original") or {}
-    if after:
-        kept = Table(title="what the model must keep (against the original model)")
-        for col in ("measure", "original", "after"):
-            kept.add_column(col)
-        r0, r1 = original.get("retain") or {}, after.get("retain") or {}
-        kept.add_row("retain MA", _fmt(r0.get("ma")), _fmt(r1.get("ma")))
-        kept.add_row(
-            "retain extraction, short prefix", _fmt(r0.get("extraction_short")), _fmt(r1.get("extraction_short"))
-        )
-        o_h = original.get("holdout") or {}
-        kept.add_row(
-            "holdout perplexity", _fmt(o_h.get("perplexity")), _fmt((after.get("holdout") or {}).get("perplexity"))
-        )
-        console.print(kept)
-    failed = (evidence.get("failed") or []) + ((verdict.get("utility") or {}).get("failed") or [])
-    console.print(f"failed conditions: {', '.join(failed) if failed else 'none'}; steps {metrics.get('steps')}")
-    if evidence.get("note"):
-        console.print(f"note: {evidence['note']}")
-    console.print(
-        f"adapter sha256 {audit.get('adapter_sha256')} · chain seq {audit['seq']}, hash {audit['hash'][:16]}…"
-    )
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, int | float) else "-"
-
-
-def demo(
-    world_dir: Annotated[Path, typer.Option("--world-dir", help="Cache of the demo model (built if absent).")] = Path(
-        "data/demo-world"
-    ),
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Service data (default: a temp dir).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A CI-sized world (seconds instead of minutes).")] = False,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Unlearning step budget.")] = None,
-) -> None:
-    """The whole product in one command: build the demo model, start the service on the embedded default,
-    register the model, submit the forget file over HTTP, follow it, download and verify the adapter, print
-    the audit. Exit 0 only if the verdict is `forgotten` (or `not_memorised`: the model never knew them)."""
-    import secrets
-    import tempfile
-
-    from rich.console import Console
-
-    from api.server import ServerThread
-    from api.settings import Settings
-    from cli.client import Client
-    from core.device import in_own_thread
-    from core.worlds.pii import WorldSpec, build_world, tiny_spec
-
-    console = Console()
-    spec = tiny_spec() if quick else WorldSpec()
-    world_root = world_dir / "quick" if quick else world_dir
-    console.rule("1. demo model")
-    # Trained in its own thread: torch work in the main thread would slow the job threads (core/device.py).
-    world = in_own_thread(build_world, world_root, spec, log=lambda m: console.print(f"  {m}"))
-    key = f"uk_demo_{secrets.token_urlsafe(24)}"
-    tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="unlearnd-demo-")
-    # The demo world's directory is the service's only model root: its model is the one that may be registered.
-    settings = Settings(data_dir=data_dir or Path(tmp.name), bootstrap_key=key, model_roots=[world_root.resolve()])
-    console.rule("2. service (embedded: SQLite + thread dispatcher + local blobs)")
-    try:
-        with ServerThread(settings) as server:
-            console.print(f"  listening on {server.url}, data in {settings.data_dir}")
-            client = Client(server.url, key)
-            model = _call(
-                client.post,
-                "/v1/models",
-                {
-                    "name": "demo-pii",
-                    "source": str(world.model_dir.resolve()),
-                    "retain": _read_records(world.retain_path),
-                    "holdout": _read_records(world.holdout_path),
-                },
-            )
-            console.print(
-                f"  registered model {model['id']} (retain {model['retain_count']}, holdout {model['holdout_count']})"
-            )
-            console.rule("3. forget request")
-            body: dict[str, Any] = {
-                "model_id": model["id"],
-                "subject": {"id": "demo-subject", "legal_basis": "GDPR Art. 17", "ticket": "DEMO-1"},
-                "records": _read_records(world.forget_path),
-            }
-            if max_steps:
-                body["config"] = {"max_steps": max_steps}
-            req = _call(client.post, "/v1/forget-requests", body, {"Idempotency-Key": f"demo-{secrets.token_hex(4)}"})
-            console.print(f"  submitted {req['id']} ({req['record_count']} records), job {req['job_id']}")
-            final = _watch(client, req["id"])
-            console.rule("4. adapter")
-            if final.get("adapter_version"):
-                out = settings.data_dir / "downloaded-adapter"
-                meta = _call(client.download_adapter, final["adapter_version"]["id"], out)
-                console.print(
-                    f"  version {meta['version']}, rank {meta['rank']}, sha256 {meta['sha256']} verified → {out}"
-                )
-            else:
-                console.print(
-                    f"  no new version (request {final['status']}: {final.get('error') or 'nothing to unlearn'})"
-                )
-            console.rule("5. audit")
-            audits = _call(client.get, "/v1/audits", subject="demo-subject")["data"]
-            audit = next(a for a in audits if a["request_id"] == req["id"])
-            print_audit(audit)
-            chain = _call(client.get, "/v1/audits/verify")
-            console.print(f"  audit chain: {'intact' if chain['ok'] else 'BROKEN'} ({chain['checked']} records)")
-            client.close()
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    if audit["verdict"] not in ("forgotten", "not_memorised"):
-        console.print(f"[red]verdict {audit['verdict']}[/red]")
-        raise typer.Exit(1)
-    console.print(f"[green]verdict: {audit['verdict']}[/green]")
-
-
 def register(app: typer.Typer) -> None:
+    from cli.demo import demo
+
     app.command("serve")(serve)
     app.command("demo")(demo)
     app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(worker)

@@ -169,7 +169,7 @@ def _forget(
     bounds = config.bounds
     adapted: Adapted | None = None
     loop: LoopResult | None = None
-    after = verdict_after = kept = adapter_info = adapter_dir = compacted = compaction = None
+    after = after_scores = verdict_after = kept = adapter_info = adapter_dir = compacted = compaction = None
     try:
         sets = encode_sets(tokenizer, forget, retain, holdout, config, context_length(model))
         # The starting version: base + previous components, with a neutral trainable part.
@@ -275,6 +275,7 @@ def _forget(
                 "records": len(groups[k]),
                 "before": b.to_dict() if b else None,
                 "after": a.to_dict() if a else None,
+                "scores": _score_lists(before_scores, after_scores, groups[k]),
             }
         )
     report = {
@@ -300,8 +301,24 @@ def _forget(
         "after": after,
         "adapter": adapter_info,
         "history": loop.history if loop else [],
+        "scores": _score_lists(before_scores, after_scores),
     }
     return ForgetResult(report, adapter_dir, report["reached"], result, [r["outcome"] for r in per_request])
+
+
+def _score_lists(before: dict[str, SetScores], after: dict[str, SetScores] | None, records=None) -> dict:
+    """The per-record membership scores of the forget set (`records` of it) and the holdout, before and
+    after: numbers only, never text, for the evidence report's distributions (loss, zlib, Min-k%)."""
+
+    def lists(scores: dict[str, SetScores]) -> dict:
+        out = {}
+        for name in ("forget", "holdout"):
+            s = scores[name]
+            pick = records if name == "forget" and records is not None else range(len(s.loss))
+            out[name] = {k: [round(float(getattr(s, k)[i]), 5) for i in pick] for k in ("loss", "zlib", "min_k")}
+        return out
+
+    return {"before": lists(before), "after": lists(after) if after is not None else None}
 
 
 def _export(

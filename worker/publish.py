@@ -58,8 +58,10 @@ def _lock_model(session: Session, model_id: str) -> None:
 
 def audit_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """What the audit keeps of a run: the metrics before and after, the original model's retain and holdout
-    block ("kept" is measured against it), and the verdict with its statistical evidence (core/verdict.py)."""
+    block ("kept" is measured against it), the verdict with its statistical evidence (core/verdict.py), the
+    unlearning curve (`history`) and the per-record membership scores (`scores`: numbers, never text)."""
     keys = ("before", "after", "original", "verdict", "probes", "steps", "reached", "wall_seconds", "trainable_params")
+    keys += ("history", "scores")  # the unlearning curve and the per-record scores: the report's plots
     return {k: report.get(k) for k in keys}
 
 
@@ -85,6 +87,7 @@ def request_metrics(report: dict[str, Any], request_id: str, default: str) -> tu
     if mine is not None:
         verdict.update({k: mine.get(k) for k in ("outcome", "before", "after")})
         verdict["records"] = mine.get("records")
+        metrics["scores"] = mine.get("scores", metrics["scores"])  # this request's own forget records
     verdict["outcome"] = verdict.get("outcome") or default
     metrics["verdict"] = verdict
     return str(verdict["outcome"]), metrics

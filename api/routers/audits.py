@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api import audit, certificates, chain_head, schemas, security, views
 from api.deps import AUDIT_READ, AppSettings, AuditDep, Caller, DbSession, scope
 from api.errors import NotFound, invalid_query
-from api.models import VERDICTS, AdapterVersion, AuditRecord, ForgetRequest, utcnow
+from api.models import VERDICTS, AdapterVersion, AuditRecord, BaseModel, ForgetRequest, JobEvent, utcnow
 from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
 from api.schemas import ID_PATTERN
 
@@ -115,23 +117,68 @@ def get_audit(record: AuditDep) -> schemas.AuditOut:
 def get_certificate(record: AuditDep, session: DbSession, request: Request) -> Response:
     """The audit record as a signed unlearning certificate (api/certificates.py). Verify it offline with
     `unlearnd certificate verify FILE --public-key audit-public.json` (key: `GET /v1/keys/audit-public`)."""
-    salt = session.scalar(select(ForgetRequest.record_salt).where(ForgetRequest.id == record.request_id))
-    version = (
-        session.scalar(select(AdapterVersion.version).where(AdapterVersion.id == record.adapter_version_id))
-        if record.adapter_version_id
-        else None
-    )
-    doc = certificates.build(
-        record,
-        chained_fields=audit.CHAINED_FIELDS,
-        record_salt=salt,
-        adapter_version=version,
-        issued_at=utcnow(),
-        key=request.app.state.signing_key,
-    )
+    doc = _certificate(record, session, request)
     filename = f"certificate-{record.id}.json"
     return Response(
         certificates.canonical(doc),
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def _adapter_version(session: Session, record: AuditRecord) -> int | None:
+    if not record.adapter_version_id:
+        return None
+    return session.scalar(select(AdapterVersion.version).where(AdapterVersion.id == record.adapter_version_id))
+
+
+def _certificate(record: AuditRecord, session: Session, request: Request) -> dict:
+    salt = session.scalar(select(ForgetRequest.record_salt).where(ForgetRequest.id == record.request_id))
+    return certificates.build(
+        record,
+        chained_fields=audit.CHAINED_FIELDS,
+        record_salt=salt,
+        adapter_version=_adapter_version(session, record),
+        issued_at=utcnow(),
+        key=request.app.state.signing_key,
+    )
+
+
+def _history(session: Session, record: AuditRecord) -> list[dict]:
+    """The unlearning curve: the audit's own (`metrics.history`), or, for a record written before audits
+    kept it, the job's unlearning metrics events (throttled, so fewer points)."""
+    history = (record.metrics or {}).get("history")
+    if history is not None:
+        return history
+    events = session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == record.job_id, JobEvent.type == "metrics").order_by(JobEvent.id)
+    ).all()
+    return [e for e in events if e.get("phase") == "unlearning" and "forget_ma" in e]
+
+
+@router.get(
+    "/{id}/report",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The evidence report (self-contained HTML)."}},
+)
+def get_report(record: AuditDep, session: DbSession, request: Request) -> HTMLResponse:
+    """The evidence report of one audit record: a self-contained, printable HTML page (no external assets,
+    no script) with the request, the verdict and its statistical evidence, before/after metrics, figures,
+    the chain position and signature, and the command that verifies the certificate offline."""
+    from api.report.render import CSP, ReportInput, render  # matplotlib loads on the first report only
+
+    data = ReportInput(
+        audit=views.audit_out(record).model_dump(mode="json"),
+        certificate=_certificate(record, session, request),
+        model_name=session.scalar(select(BaseModel.name).where(BaseModel.id == record.model_id)),
+        adapter_version=_adapter_version(session, record),
+        history=_history(session, record),
+        generated_at=utcnow(),
+    )
+    html = render(data)
+    headers = {
+        "Content-Security-Policy": CSP,
+        "Content-Disposition": f'inline; filename="evidence-{record.id}.html"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    return HTMLResponse(html, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +26,8 @@ from api.deps import (
 from api.errors import AlreadyFinished
 from api.idempotency import IdempotencyKeyHeader
 from api.models import FINAL_STATUSES, ApiKey
+from api.pagination import decode_cursor, encode_cursor
+from api.schemas import ID_PATTERN
 from worker.transitions import cancel_one
 
 router = APIRouter(prefix="/v1/forget-requests", tags=["forget requests"])
@@ -93,3 +95,31 @@ def cancel(req: RequestDep, session: DbSession, _idempotency: IdempotencyKeyHead
     session.commit()
     session.refresh(req)
     return views.request_out(session, req)
+
+
+@router.get("", response_model=schemas.Page[schemas.ForgetRequestOut], dependencies=[scope(REQUESTS_READ)])
+def list_requests(
+    session: DbSession,
+    caller: Caller,
+    status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,16}$", description="e.g. running, succeeded.")] = None,
+    model_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict:
+    """Needs `requests:read`. The tenant's requests, newest first, each with its progress, verdict and audit
+    id (what the console's list shows); cursor pagination like every list."""
+    position = decode_cursor(cursor, id="id")
+    rows = views.request_page(
+        session,
+        caller.tenant_id,
+        status=status,
+        model_id=model_id,
+        after_id=position["id"] if position else None,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    return {
+        "data": page,
+        "has_more": len(rows) > limit,
+        "next": encode_cursor(id=page[-1].id) if len(rows) > limit else None,
+    }

@@ -23,6 +23,7 @@ ENDPOINTS = [
     ("POST", "/v1/models", "models:admin"),
     ("GET", "/v1/models/{model}/adapters", "adapters:read"),
     ("POST", "/v1/forget-requests", "requests:write"),
+    ("GET", "/v1/forget-requests", "requests:read"),
     ("GET", "/v1/forget-requests/{request}", "requests:read"),
     ("POST", "/v1/forget-requests/{request}/cancel", "requests:write"),
     ("GET", "/v1/jobs/{job}", "requests:read"),
@@ -33,6 +34,7 @@ ENDPOINTS = [
     ("GET", "/v1/audits/verify", "audit:read"),
     ("GET", "/v1/audits/{audit}", "audit:read"),
     ("GET", "/v1/audits/{audit}/certificate", "audit:read"),
+    ("GET", "/v1/audits/{audit}/report", "audit:read"),
     ("GET", "/metrics", "models:admin"),
 ]
 # Every resource type, by id: what tenant B must not see (nor be able to tell exists).
@@ -47,6 +49,7 @@ RESOURCE_PATHS = [
     ("GET", "/v1/adapters/{adapter}/download"),
     ("GET", "/v1/audits/{audit}"),
     ("GET", "/v1/audits/{audit}/certificate"),
+    ("GET", "/v1/audits/{audit}/report"),
 ]
 SUBJECT = {"id": "tenant-a-subject", "legal_basis": "GDPR Art. 17"}
 
@@ -134,6 +137,8 @@ def test_lists_and_writes_never_cross_tenants(live: Live, acme: dict):
     with client(live, make_key(live, "globex")) as c:
         assert ids["model"] not in [m["id"] for m in c.get("/v1/models").json()["data"]]
         assert c.get("/v1/audits").json()["data"] == []
+        assert c.get("/v1/forget-requests").json()["data"] == []
+        assert c.get("/v1/forget-requests", params={"model_id": ids["model"]}).json()["data"] == []
         assert c.get("/v1/audits", params={"model_id": ids["model"]}).json()["data"] == []
         assert c.get("/v1/audits", params={"subject": SUBJECT["id"]}).json()["data"] == []
         body = {"model_id": ids["model"], "subject": SUBJECT, "records": [{"text": "x"}]}
@@ -144,6 +149,7 @@ def test_lists_and_writes_never_cross_tenants(live: Live, acme: dict):
             ids["audit"]
         ]
         assert 'unlearnd_jobs{status="failed"} 1' in c.get("/metrics").text
+        assert [r["id"] for r in c.get("/v1/forget-requests").json()["data"]] == [ids["request"]]
 
 
 def test_a_revoked_key_is_401(live: Live):

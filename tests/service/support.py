@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,25 @@ import httpx
 from api.db import transaction
 from api.models import BaseModel
 from api.settings import Settings
-from cli.client import wait_for_request  # noqa: F401  (re-exported: the service tests import it from here)
 from worker.runtime import Runtime
 
 ADMIN_KEY = "uk_test0000_admin-secret-for-tests"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_request(http: httpx.Client, request_id: str, timeout: float = 300.0, interval: float = 0.2) -> dict:
+    """Poll `GET /v1/forget-requests/{id}` on an authenticated client until the request ends (its body), or
+    raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = http.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
+        if body["status"] in FINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
+        time.sleep(interval)
+
+
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
