@@ -97,16 +97,18 @@ def create(
 
 def waiting_job(session: Session, model_id: str, config: dict, limit: int) -> Job | None:
     """A queued job of this model with the same config and room for one more request: the request joins it
-    (coalescing, DESIGN §2) instead of queueing a job of its own behind it. On PostgreSQL the job's row is
-    locked, so a worker's claim (a conditional UPDATE of that row) either happened before — the job is no
-    longer queued — or waits until this request is in it; SQLite's write transaction serialises the same."""
+    (coalescing, DESIGN §2) instead of queueing a job of its own behind it. On PostgreSQL the *model's* row is
+    locked first — the lock a worker's claim and publication take too, in the same order, so submissions and
+    claims of one model queue on it instead of deadlocking on each other's job rows: a claim either committed
+    before (the job is no longer queued) or runs after this request is in the job. SQLite's write transaction
+    serialises the same."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(BaseModel.id).where(BaseModel.id == model_id).with_for_update())
     query = (
         select(Job)
         .where(Job.model_id == model_id, Job.status == QUEUED, Job.cancel_requested.is_(False))
         .order_by(Job.created_at)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
     for job in session.scalars(query):
         size = session.scalar(select(func.count()).select_from(JobRequest).where(JobRequest.job_id == job.id)) or 0
         if job.config == config and size < limit:

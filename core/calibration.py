@@ -102,7 +102,7 @@ class Profile:
     def familiarity(self, min_k: float = 0.2) -> tuple[float, float, float]:
         """(−loss, −zlib, Min-k%), as core/metrics.py scores a record."""
         k = max(1, int(self.logp.numel() * min_k))
-        return -self.loss, float(self.logp.sum()) / self.zlib_bytes, float(self.logp[:k].mean())
+        return -self.loss, float(self.logp.mean()) / self.zlib_bytes, float(self.logp[:k].mean())
 
 
 def holdout_profiles(
@@ -159,13 +159,13 @@ def forget_targets(
     allowed = torch.zeros_like(mask)
     chosen = [0] * n
     zb = zlib_bytes or [int(c) for c in count]  # without sizes: one byte a token (zlib then follows loss)
-    per_byte = [float(count[i]) / zb[i] for i in range(n)]  # tokens per compressed byte
+    per_byte = [1.0 / zb[i] for i in range(n)]  # zlib = loss ÷ compressed bytes
     quantile = [0.5] * n
     for rows in groups or [list(range(n))]:
-        # Quantiles spread evenly over each request's records: the more tokens a record has per compressed
-        # byte, the shorter and more predictable its tokens — a lower loss quantile, as strangers' records
-        # have. (Loss and zlib are tied by zlib = loss·tokens/bytes; this order keeps both AUCs near 0.5.)
-        for rank, i in enumerate(sorted(rows, key=lambda r: -per_byte[r])):
+        # Quantiles spread evenly over each request's records: the less a record compresses, the more of its
+        # content is unpredictable — a higher loss quantile, as strangers' records have. (Loss and zlib are
+        # tied by zlib = loss ÷ bytes; this order keeps both AUCs near 0.5.)
+        for rank, i in enumerate(sorted(rows, key=lambda r: zb[r])):
             quantile[i] = (rank + 0.5) / len(rows)
     # The holdout's per-record scores, as the verdict computes them (NLL oriented: higher = less familiar);
     # the donor pool only lends its profiles' shapes.
@@ -262,14 +262,14 @@ def _centre(
     return min((k / 100 for k in range(-25, 26)), key=lambda c: (off(c), abs(c)))
 
 
-def _joint_losses(q: np.ndarray, h_loss: list[float], h_zlib: list[float], tokens_per_byte: np.ndarray) -> np.ndarray:
+def _joint_losses(q: np.ndarray, h_loss: list[float], h_zlib: list[float], per_byte: np.ndarray) -> np.ndarray:
     """Per record, the mean NLL that puts it at quantile q of *both* the holdout's loss and its zlib score. A
-    record with T tokens and z compressed bytes has zlib = loss·T/z, so the two cannot be set apart: this is the
-    loss whose two quantiles are closest to q together (least squares over a fine grid)."""
+    record of z compressed bytes has zlib = loss ÷ z (`per_byte` = 1/z), so the two cannot be set apart: this is
+    the loss whose two quantiles are closest to q together (least squares over a fine grid)."""
     hl, hz = np.asarray(h_loss, float), np.asarray(h_zlib, float)
     grid = np.linspace(0.5 * hl[0], 2.0 * hl[-1], 401)  # (G,)
     f_loss = _ecdf(hl, grid)[None, :]  # (1, G)
-    f_zlib = _ecdf(hz, grid[None, :] * tokens_per_byte[:, None])  # (n, G)
+    f_zlib = _ecdf(hz, grid[None, :] * per_byte[:, None])  # (n, G)
     err = (f_loss - q[:, None]) ** 2 + (f_zlib - q[:, None]) ** 2
     return grid[err.argmin(1)]
 

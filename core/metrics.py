@@ -189,7 +189,7 @@ class SetScores:
     metrics: SetMetrics
     loss: list[float]  # mean token NLL per record
     min_k: list[float]  # Min-20% log-prob per record
-    zlib: list[float]  # total NLL (nats) per zlib-compressed byte of the target text
+    zlib: list[float]  # mean token NLL ÷ zlib-compressed bytes of the target text (Carlini et al. 2021)
     ma: list[float]  # per record
     el: list[float] | None = None  # per record, when decoded
     extracted: list[bool] | None = None  # per record, when decoded
@@ -241,7 +241,7 @@ def evaluate_set(
     """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode.
 
     Scores are per *record*: the windows of a record longer than the context (core/data.py `windows`) are
-    pooled — its loss and Min-k% over all its target tokens, its MA over them too, its zlib score over the
+    pooled — its loss and Min-k% over all its target tokens, its MA over them too, its zlib score (loss ÷ the
     sum of its windows' compressed sizes; it counts as extracted when any window is."""
     nan = float("nan")
     if len(ts) == 0:
@@ -269,7 +269,7 @@ def evaluate_set(
         total = float(nll_t[rows].sum())
         loss.append(total / n_tok)
         ma.append(float(hit_t[rows].sum()) / n_tok)
-        zlib.append(total / sum(ts.encoded[r].zlib_bytes for r in rows))
+        zlib.append(total / n_tok / sum(ts.encoded[r].zlib_bytes for r in rows))
         lp = torch.cat([picked_rows[r] for r in rows])
         min_k.append(float(min_k_from_logprobs(lp[None], torch.ones_like(lp, dtype=torch.bool)[None])[0]))
     metrics = SetMetrics(

@@ -192,6 +192,9 @@ def _forget(
             raise Cancelled("cancelled before unlearning")
 
         if verdict_before is None or not verdict_before.indistinguishable:
+            # Only the requests whose records the model knows are unlearned: one it never knew (its own
+            # before-verdict says so) would only be pushed past the never-seen level.
+            forget_ts, train_groups = _to_unlearn(sets.forget, groups, verdict_before)
             rule = (
                 StoppingRule(
                     sets.holdout,
@@ -200,6 +203,7 @@ def _forget(
                     config.attack_prefixes,
                     retain=sets.retain_eval,
                     original=original,
+                    groups=train_groups,
                 )
                 if has_holdout
                 else None
@@ -210,15 +214,15 @@ def _forget(
             reference = sets.holdout if objective.anchors_reference and len(sets.holdout) else None
             if config.init == "fila":
                 fisher_retain = concat([sets.retain, reference]) if reference is not None else sets.retain
-                init_fila(adapted, config, sets.forget, fisher_retain, device, progress, previous=prev_delta)
+                init_fila(adapted, config, forget_ts, fisher_retain, device, progress, previous=prev_delta)
             plan = (
-                calibrate(adapted.model, sets.forget, sets.holdout, device, bounds.tail_p, groups)
+                calibrate(adapted.model, forget_ts, sets.holdout, device, bounds.tail_p, train_groups)
                 if objective.needs_forget_targets
                 else None
             )
             loop = train(
                 adapted,
-                sets.forget,
+                forget_ts,
                 sets.retain,
                 config,
                 device,
@@ -236,7 +240,7 @@ def _forget(
                     adapted.model,
                     adapted.delta(),
                     config.max_adapter_rank,
-                    {"retain": sets.retain_eval, "holdout": sets.holdout, "forget": sets.forget},
+                    {"retain": sets.retain_eval, "holdout": sets.holdout, "forget": forget_ts},
                     device,
                     steps=config.compaction_steps,
                     seed=config.seed,
@@ -304,6 +308,19 @@ def _forget(
         "scores": _score_lists(before_scores, after_scores),
     }
     return ForgetResult(report, adapter_dir, report["reached"], result, [r["outcome"] for r in per_request])
+
+
+def _to_unlearn(forget: TokenSet, groups: list[list[int]], before) -> tuple[TokenSet, list[list[int]]]:
+    """The forget rows of the requests the model knows (all of them without a before-verdict) and their groups
+    renumbered over those records (the order `evaluate_set` scores them in)."""
+    if before is None:
+        return forget, groups
+    active = [g for g, b in zip(groups, before.requests, strict=True) if not b.indistinguishable]
+    if len(active) == len(groups):
+        return forget, groups
+    records = sorted(i for g in active for i in g)
+    position = {r: j for j, r in enumerate(records)}
+    return forget.select_records(records), [[position[i] for i in g] for g in active]
 
 
 def _score_lists(before: dict[str, SetScores], after: dict[str, SetScores] | None, records=None) -> dict:

@@ -84,12 +84,31 @@ def test_every_objective_returns_a_differentiable_scalar(method):
         retain_labels=labels_r,
         ref_forget_logp=sequence_logprob(f.detach(), labels_f),
         ref_retain_logits=r.detach() + 0.1,
+        forget_target_logp=torch.full((2, 4), -3.0),  # ctd: a calibrated target per (shifted) forget token
+        forget_top1_allowed=torch.zeros(2, 4, dtype=torch.bool),
     )
     loss, parts = OBJECTIVES[method].fn(x)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert f.grad is not None and f.grad.abs().sum() > 0
     assert set(parts) == {"forget_loss", "retain_loss"}
+
+
+def test_ctd_pulls_each_token_to_its_target_from_either_side_and_demotes_only_where_asked():
+    """The calibrated error is (log p − a*)² per token: zero at the target, growing on both sides; the top-1
+    hinge only acts on tokens not allowed to stay the argmax."""
+    from core.calibration import calibrated_logprob_error
+
+    labels = torch.tensor([[0, 1, 2]])
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])  # last two rows: p(y) high
+    logp = torch.log_softmax(logits, -1)[0, :-1].gather(-1, labels[0, 1:, None]).squeeze(-1)[None]
+    allowed = torch.ones(1, 2, dtype=torch.bool)
+    assert calibrated_logprob_error(logits, labels, logp, allowed).item() == pytest.approx(0.0, abs=1e-6)
+    lower = calibrated_logprob_error(logits, labels, logp - 1.0, allowed).item()
+    higher = calibrated_logprob_error(logits, labels, logp + 1.0, allowed).item()
+    assert lower == pytest.approx(higher) == pytest.approx(1.0, rel=1e-5)  # mean of 1² over the 2 tokens
+    demoted = calibrated_logprob_error(logits, labels, logp, torch.zeros(1, 2, dtype=torch.bool)).item()
+    assert demoted > 0  # token 1 (label 1 after a row favouring 0) is fine; token 2 is the argmax: hinge > 0
 
 
 def test_ga_is_negative_nll():

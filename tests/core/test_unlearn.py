@@ -68,7 +68,7 @@ def test_report_has_every_metric_before_and_after(default_run):
             }
         assert set(r[when]["mia"]) == {"loss_auc", "zlib_auc", "min_k_auc"}
     assert r["trainable_params"] > 0 and r["wall_seconds"] > 0
-    assert set(r["verdict"]) == {"outcome", "bounds", "before", "after", "utility"}
+    assert set(r["verdict"]) == {"outcome", "bounds", "before", "after", "requests", "utility"}
     assert r["verdict"]["before"]["failed"]  # memorised: distinguishable before any step
 
 

@@ -35,7 +35,10 @@ def _scores(loss, *, ma=0.5, el=0.0, extraction=0.0, generated=True) -> SetScore
         extraction_half=extraction if generated else nan,
         perplexity=math.exp(sum(loss) / len(loss)),
     )
-    return SetScores(metrics, loss, [-2 * x for x in loss], [x / 3 for x in loss], [ma] * len(loss))
+    n = len(loss)
+    el_list = [el] * n if generated else None
+    extracted = [extraction > 0] * n if generated else None
+    return SetScores(metrics, loss, [-2 * x for x in loss], [x / 3 for x in loss], [ma] * n, el_list, extracted)
 
 
 def test_auc_is_the_mann_whitney_u_over_mn_with_ties_half():

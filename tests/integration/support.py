@@ -91,6 +91,8 @@ def make_settings(data_dir: Path, db_url: str, broker: Broker, **overrides: Any)
         "max_attempts": 3,
         "device": "cpu",
         "model_roots": model_roots_for(data_dir),
+        # one job per request unless a test is about coalescing (it passes its own bound)
+        "max_requests_per_job": 1,
     }
     values.update(overrides)
     return Settings(**values)

@@ -62,6 +62,8 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         "progress_interval_seconds": 0.1,
         "max_attempts": 3,
         "device": "cpu",
+        # one job per request unless a test is about coalescing (it passes its own bound)
+        "max_requests_per_job": 1,
     }
     values.update(overrides)
     return Settings(**values)
