@@ -70,3 +70,16 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def wait_for_request(http, request_id: str, timeout: float = 300.0, interval: float = 0.2) -> dict:
+    """Poll `GET /v1/forget-requests/{id}` on an authenticated httpx client until the request ends (its
+    body), or raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = http.get(f"/v1/forget-requests/{request_id}").raise_for_status().json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"request {request_id} still {body['status']} after {timeout} s")
+        time.sleep(interval)

@@ -439,7 +439,7 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
     import worker.runner
     from api.server import ServerThread
     from api.settings import Settings
-    from cli.client import wait_for_request
+    from bench.common import wait_for_request
     from worker.model_cache import model_cache
 
     settings = Settings(

@@ -117,7 +117,7 @@ def burst(world, size: int, per_request: int, work: Path) -> dict:
 
     from api.server import ServerThread
     from api.settings import Settings
-    from cli.client import wait_for_request
+    from bench.common import wait_for_request
 
     settings = Settings(
         data_dir=work,

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.models import FAILED, SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
-from core.verdict import FORGOTTEN, NOT_MEMORISED, UNVERIFIED
+from core.verdict import FORGOTTEN, NOT_MEMORISED, PUBLISHED, UNVERIFIED
 from worker import protocol
 from worker.transitions import _transition, add_event, new_audit, purge_payload, requests_of
 
@@ -123,8 +123,9 @@ def _conclude_requests(
             job,
             verdict=outcome,
             now=now,
-            adapter_version_id=version.id if version is not None and ok else None,
-            adapter_sha256=built.sha256 if built is not None and ok else None,
+            # the version serves this request only if its own verdict certifies it (forgotten / unverified)
+            adapter_version_id=version.id if version is not None and outcome in PUBLISHED else None,
+            adapter_sha256=built.sha256 if built is not None and outcome in PUBLISHED else None,
             model_fingerprint=(built.fingerprint if built else None) or report.get("model", {}).get("fingerprint"),
             metrics=metrics,
             thresholds=audit_bounds(report),

@@ -116,3 +116,49 @@ def test_warm_shutdown_returns_the_running_job_to_the_queue(api: Api, db: Runtim
     assert [m for m in messages if m.startswith("attempt ")] == ["attempt 1 of 3 started"] * 2
     assert any("returned to the queue" in m for m in messages)
     assert _count(db, AdapterVersion, AdapterVersion.job_id, req["job_id"]) == 1
+
+
+@pytest.fixture(scope="module")
+def batching_api(tmp_path_factory, pg_url: str, broker: Broker) -> Iterator[Api]:
+    """A service that coalesces: requests waiting for a model's next job are served by it, up to 8."""
+    root = tmp_path_factory.mktemp("batch")
+    a = start_api(make_settings(root / "data", pg_url, broker, max_requests_per_job=8))
+    yield a
+    a.stop()
+
+
+def test_worker_killed_mid_batch_finishes_every_request_once(batching_api: Api, tiny_world, tmp_path):
+    """Three requests queued before any worker runs share one job; the worker is SIGKILLed mid-unlearning;
+    a new worker finishes the job: each request succeeded once, with its own audit, one version for all."""
+    api = batching_api
+    model_id = register_model(api, tiny_world, "batch-killed", retain=False)
+    people = tiny_world.forget
+    reqs = [
+        submit(api, model_id, [people[2 * i].to_dict(), people[2 * i + 1].to_dict()], LONG, subject=f"batch-{i}")
+        for i in range(3)
+    ]
+    assert len({r["job_id"] for r in reqs}) == 1  # coalesced: one queued job serves all three
+    job_id = reqs[0]["job_id"]
+    first = WorkerProcess(api.settings, tmp_path / "first.log").start()
+    try:
+        api.wait_step(job_id, step=1)
+    finally:
+        first.kill()
+    second = WorkerProcess(api.settings, tmp_path / "second.log").start()
+    try:
+        finals = [api.wait(r["id"]) for r in reqs]
+    finally:
+        second.stop()
+    assert [f["status"] for f in finals] == ["succeeded"] * 3, finals
+    assert api.job(job_id)["attempts"] == 2
+    rt = Runtime.build(api.settings)
+    try:
+        assert _count(rt, AdapterVersion, AdapterVersion.job_id, job_id) == 1
+        for r in reqs:
+            assert _count(rt, AuditRecord, AuditRecord.request_id, r["id"]) == 1
+        with rt.sessions() as session:
+            audits = session.scalars(select(AuditRecord).where(AuditRecord.job_id == job_id)).all()
+            assert sorted(len(a.record_hashes) for a in audits) == [2, 2, 2]  # each request's own records
+            assert len({a.adapter_version_id for a in audits}) == 1
+    finally:
+        rt.close()
