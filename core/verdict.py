@@ -116,9 +116,7 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sid
         p_ma = mann_whitney_p(forget.ma, holdout.ma, "greater")
         conds.append(Condition("ma", p_ma >= bounds.alpha, fm.ma, f"not above holdout {hm.ma:.4f} (p={p_ma:.3g})"))
         el_ok = generated and (
-            forget.el is None
-            or holdout.el is None
-            or mann_whitney_p(forget.el, holdout.el, "greater") >= bounds.alpha
+            forget.el is None or holdout.el is None or mann_whitney_p(forget.el, holdout.el, "greater") >= bounds.alpha
         )
         conds.append(Condition("el", el_ok, fm.el10, f"not above holdout {hm.el10:.4f}"))
     else:
