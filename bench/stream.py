@@ -218,7 +218,7 @@ def plot(result: dict, path) -> None:
     )
     ax1.set(title="after each version (red: every earlier request's MA)", xlabel="version", ylim=(0, 1.02))
     ax1.legend(fontsize=7)
-    ax2.bar(x, [v["rank"] for v in versions], color="tab:gray")
+    ax2.bar(x, [v.get("rank", 0) for v in versions], color="tab:gray")
     ax2.axhline(64, color="tab:red", ls=":", label="UNLEARND_MAX_ADAPTER_RANK")
     ax2.set(title="adapter rank per version", xlabel="version", ylabel="rank")
     ax2.legend(fontsize=7)

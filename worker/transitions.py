@@ -171,6 +171,7 @@ def cancel_one(session: Session, req: ForgetRequest, job: Job) -> str:
     others = [r for r in requests_of(session, job.id) if r.id != req.id and r.finished_at is None]
     if not others:
         request_cancel(session, job)
+        session.flush()  # the requests' new status first: a refresh alone would read the old one back over it
         session.refresh(req)
         return req.status
     now = utcnow()

@@ -158,7 +158,7 @@ def _history(session: Session, record: AuditRecord) -> list[dict]:
 
 @router.get(
     "/{id}/report",
-    response_class=HTMLResponse,
+    # no response_class: it would document the JSON errors (404, 401, ...) as text/html too
     responses={200: {"content": {"text/html": {}}, "description": "The evidence report (self-contained HTML)."}},
 )
 def get_report(record: AuditDep, session: DbSession, request: Request) -> HTMLResponse:

@@ -90,10 +90,10 @@ def test_same_key_while_the_first_is_in_flight_is_409(live: Live, model_id: str)
     entered, release = threading.Event(), threading.Event()
     original = dispatcher.dispatch
 
-    def slow_dispatch(job_id: str) -> None:
+    def slow_dispatch(job_id: str, **kw) -> None:
         entered.set()
         release.wait(30)
-        original(job_id)
+        original(job_id, **kw)
 
     headers = {"Idempotency-Key": "same-3"}
     results: dict[str, httpx.Response] = {}

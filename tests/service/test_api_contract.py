@@ -210,7 +210,7 @@ def test_audits_filter_by_subject_verdict_and_paginate(live: Live, model_id: str
 
 
 def test_a_cancelled_request_is_audited_and_listed(live: Live, model_id: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(live.server.app.state.dispatcher, "dispatch", lambda job_id: None)  # it stays queued
+    monkeypatch.setattr(live.server.app.state.dispatcher, "dispatch", lambda job_id, **kw: None)  # it stays queued
     body = {"model_id": model_id, "subject": {"id": "canceller", "legal_basis": "x"}, "records": [{"text": "c"}]}
     created = live.client.post("/v1/forget-requests", json=body).json()
     cancelled = live.client.post(f"/v1/forget-requests/{created['id']}/cancel").json()

@@ -18,7 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import forget, schemas
 from api.app import create_app
 from api.db import transaction
-from api.models import RUNNING, AdapterVersion, ApiKey, AuditRecord, ForgetRequest, Job, JobRequest, utcnow
+from api.models import (
+    FINAL_STATUSES,
+    RUNNING,
+    AdapterVersion,
+    ApiKey,
+    AuditRecord,
+    ForgetRequest,
+    Job,
+    JobRequest,
+    utcnow,
+)
 from api.security import create_api_key, revoke_api_key
 from worker import protocol, transitions
 from worker.publish import Built, publish
@@ -130,7 +140,12 @@ def reference_body(session: Session, request_id: str) -> bytes:
         record_hashes=req.record_hashes,
         probe_count=req.probe_count,
         config=job.config,
-        progress=schemas.ProgressOut(phase=job.phase, step=job.step, total=job.total, metrics=job.progress or {}),
+        progress=schemas.ProgressOut(
+            phase="done" if job.status in FINAL_STATUSES else job.phase,  # a finished job's phase is history
+            step=job.step,
+            total=job.total,
+            metrics=job.progress or {},
+        ),
         adapter_version=schemas.AdapterRef(id=adapter.id, version=adapter.version) if adapter else None,
         audit_id=audit.id if audit else None,
         verdict=audit.verdict if audit else None,
@@ -176,7 +191,7 @@ def test_the_status_body_is_byte_for_byte_what_it_was(served, requests, state: s
 def test_post_responses_show_a_request_as_the_status_get_does(served, requests, monkeypatch):
     """Submit and cancel build the body from the session's objects; it must match the GET's."""
     app, client = served
-    monkeypatch.setattr(app.state.dispatcher, "dispatch", lambda job_id: None)  # it stays queued until cancelled
+    monkeypatch.setattr(app.state.dispatcher, "dispatch", lambda job_id, **kw: None)  # it stays queued until cancelled
     model_id = client.get(f"/v1/forget-requests/{requests['queued']}").json()["model_id"]
     body = {
         "model_id": model_id,
