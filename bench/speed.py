@@ -1071,9 +1071,8 @@ def table(r: dict) -> str:
     if "peer" in r:
         p = r["peer"]
         for k in ("ours_lora", "trainer_lora", "ours_fila"):
-            lines.append(
-                f"  {k:<14} {p[k]['seconds_to_stop']:>7.2f} s  {p[k]['steps']:>4} steps  reached {p[k]['reached']}"
-            )
+            reached = p[k].get("reached", "–")  # the trainer route runs a fixed step count
+            lines.append(f"  {k:<14} {p[k]['seconds_to_stop']:>7.2f} s  {p[k]['steps']:>4} steps  reached {reached}")
         lines.append(f"  trainer / ours: {p['trainer_vs_ours_time']}")
     if "api" in r:
         lines.append("api polling  c  service rps  bare rps  ratio  p50 ms  p99 ms")
