@@ -1,142 +1,187 @@
-"""RESTOR-style restoration on the synthetic facts world: clean model → corrupted by wrong-fact documents (with
-none / some / much unrelated context) → each method × init unlearns the corruption documents. Reports QA
-accuracy on corrupted entities for clean, corrupted and unlearned models, the restoration ratio
-`(acc_unlearned − acc_corrupted) / (acc_clean − acc_corrupted)`, accuracy on untouched entities, and the
-probability the model gives the correct vs. the injected answer.
+"""RESTOR-style restoration (Rezaei et al. 2024, arXiv 2411.00204) on the synthetic facts world: a clean model
+that answers its questions → corrupted by fine-tuning on wrong-fact documents (with none / some / much
+unrelated context) → each method × init unlearns the corruption documents. Reports, per context, QA accuracy
+on the corrupted entities for the clean, corrupted and unlearned models, the restoration ratio
+`(acc_after − acc_corrupted) / (acc_clean − acc_corrupted)` (mean ± 95 % t-interval over seeds), p(correct)
+and p(injected answer) before and after (the paper's logit analysis), and accuracy on untouched entities.
 
-    python -m bench.restor [--quick] [--seeds 3]
+    python -m bench.restor [--quick] [--seeds 3] [--methods all | ctd+fila,npo+lora,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import random
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from bench.common import CACHE, emit, machine, mean_sd, pyplot
 
-GRID = [(m, i) for m in ("ihl", "ga", "gd", "kl", "npo") for i in ("fila", "lora")]
-QUICK_GRID = [("ihl", "fila"), ("ga", "lora")]
+METHODS = ("ctd", "npo", "ihl", "gd", "kl", "ga")
+GRID = [(m, i) for m in METHODS for i in ("fila", "lora")]  # --methods all: ≈ 2 h for 5 seeds on 2 cores
+# The default: the product's method with its init, every method with plain LoRA (35 min for 3 seeds on 2 cores).
+DEFAULT_GRID = [("ctd", "fila"), *((m, "lora") for m in METHODS if m != "ctd")]
+QUICK_GRID = [("ctd", "fila"), ("npo", "lora"), ("ihl", "lora")]
+WORLD_VERSION = 2  # bump when the world or the clean model's training changes (the cache key)
+CORRUPT = {"lr": 1e-3, "batch": 16, "replay": 16, "check_every": 10, "max_steps": 300, "target": 0.15}
+
+
+def world_of(quick: bool, seed: int):
+    from core.worlds.facts import make_facts_world
+
+    return make_facts_world(16 if quick else 60, corrupted_share=0.25, seed=seed)
 
 
 def clean_model(quick: bool, seed: int, small: bool = False):
-    """Train (or reuse) the clean model on the true facts; returns (dir, world). `small` keeps the full
-    world's entities but the CI-sized model (2 × 128)."""
+    """Train (or reuse from the bench cache) the clean model on the true facts until it answers ≥ 0.99 of its
+    questions; returns (dir, world, training summary). `small` keeps the full world but the CI-sized model."""
     import json
 
-    import torch
-
-    from core.worlds.facts import make_facts_world
-    from core.worlds.lm import gpt_neo, train_memorise
+    from core.worlds.facts import train_clean_model
     from core.worlds.pii import WorldSpec, tiny_spec
-    from core.worlds.tokenizer import train_tokenizer
 
-    n = 16 if quick else 60
-    world = make_facts_world(n, corrupted_share=0.25, seed=seed)
-    # the PII world's model presets, with room for the long corruption documents
+    world = world_of(quick, seed)
     base = tiny_spec().lm if quick or small else WorldSpec().lm
-    spec = replace(
-        base, max_steps=800 if quick or small else 1500, check_every=40 if quick or small else 100, max_positions=512
-    )
+    # room for the long corruption documents; QA accuracy checked every 50 steps
+    lm = replace(base, max_steps=1500, check_every=50, max_positions=512)
     size = "quick" if quick else ("small" if small else "full")
-    out = CACHE / f"facts-{size}-{seed}"
-    if (out / "done.json").is_file():
-        return out, world
-    texts = world.clean_texts()
-    corruption_vocab = [d for lvl in ("none", "much") for d in world.corruption_docs(lvl, random.Random(0))]
-    torch.manual_seed(seed)
-    tok = train_tokenizer(texts + corruption_vocab, 1024 if quick else 2048)
-    model = gpt_neo(tok, spec)
-    qa = [f.qa_line() for f in world.true.values()]
-    summary = train_memorise(model, tok, texts, qa, spec, seed=seed, log=lambda m: print(m, file=sys.stderr))
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    (out / "done.json").write_text(json.dumps(summary))
-    return out, world
+    out = CACHE / f"facts-v{WORLD_VERSION}-{size}-{seed}"
+    if not (out / "done.json").is_file():
+        train_clean_model(
+            world, out, lm, seed=seed, vocab_size=1024 if quick else 2048, log=lambda m: print(m, file=sys.stderr)
+        )
+    return out, world, json.loads((out / "done.json").read_text())
 
 
-def qa_scores(model, tok, facts, other_facts, device) -> dict:
-    """Accuracy of greedy answers, and mean teacher-forced answer probability for `facts` and `other_facts`
-    (the same questions with the other answer: injected vs. correct)."""
-    from core.metrics import probe_accuracy
-    from core.records import Probe
+class Probes:
+    """The world's questions: corrupted entities with their true and injected answers, untouched entities."""
 
-    probes = [Probe(f.question(), f" {f.value}.") for f in facts]
-    alt = [Probe(f.question(), f" {f.value}.") for f in other_facts]
-    acc = probe_accuracy(model, tok, probes, device)
-    alt_acc = probe_accuracy(model, tok, alt, device) if alt else {"answer_prob": float("nan")}
-    return {"accuracy": acc["accuracy"], "p_answer": acc["answer_prob"], "p_other": alt_acc["answer_prob"]}
+    def __init__(self, world):
+        self.true = [world.true[k].probe() for k in world.wrong]
+        self.injected = [f.probe() for f in world.wrong.values()]
+        self.untouched = [f.probe() for (e, _), f in world.true.items() if e not in world.corrupted_entities]
+
+    def scores(self, model, tok, device) -> dict:
+        """Greedy-answer accuracy and mean teacher-forced answer probability (geometric mean per token)."""
+        from core.metrics import probe_accuracy
+
+        t = probe_accuracy(model, tok, self.true, device)
+        w = probe_accuracy(model, tok, self.injected, device)
+        u = probe_accuracy(model, tok, self.untouched, device)
+        return {
+            "accuracy": t["accuracy"],
+            "injected_accuracy": w["accuracy"],
+            "p_correct": t["answer_prob"],
+            "p_injected": w["answer_prob"],
+            "untouched_accuracy": u["accuracy"],
+        }
 
 
-def corrupt(clean_dir: Path, docs: list[str], steps: int, seed: int):
-    """Fine-tune the clean model on the corruption documents (a copy; the clean model stays on disk)."""
+def corrupt(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int) -> tuple:
+    """Fine-tune (all parameters) a copy of the clean model on the corruption documents until the corrupted
+    entities' accuracy falls to `CORRUPT["target"]` (checked every 10 steps, 300 at most). Each step also
+    trains on as many of the untouched entities' own true texts (the rest of the corpus): without them the
+    fine-tune overwrote the untouched entities as well (0.2–0.4 of their answers left, README)."""
     import torch
 
     from core.data import encode_set
+    from core.metrics import probe_accuracy
     from core.modeling import load_model
     from core.records import Record
 
     loaded = load_model(clean_dir)
-    model = loaded.model
+    model, tok = loaded.model, loaded.tokenizer
     for p in model.parameters():
         p.requires_grad_(True)
-    ts = encode_set(loaded.tokenizer, [Record(text=d) for d in docs], max_length=512)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ts = encode_set(tok, [Record(text=d) for d in docs], max_length=512)
+    rs = encode_set(tok, [Record(text=t) for t in replay], max_length=512)
+    opt = torch.optim.AdamW(model.parameters(), lr=CORRUPT["lr"], weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        b = ts.select(torch.randperm(len(ts), generator=gen)[:16].tolist())
+    acc, step = 1.0, 0
+    for step in range(1, CORRUPT["max_steps"] + 1):
+        model.train()
+        b = ts.select(torch.randperm(len(ts), generator=gen)[: CORRUPT["batch"]].tolist())
+        r = rs.select(torch.randperm(len(rs), generator=gen)[: CORRUPT["replay"]].tolist())
         loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
+        loss = loss + model(input_ids=r.input_ids, attention_mask=r.attention_mask, labels=r.labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % CORRUPT["check_every"] == 0:
+            model.eval()
+            acc = probe_accuracy(model, tok, probes.true, loaded.device)["accuracy"]
+            if acc <= CORRUPT["target"]:
+                break
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     out = Path(tempfile.mkdtemp(prefix="bench-corrupted-"))
     model.save_pretrained(str(out))
-    loaded.tokenizer.save_pretrained(str(out))
-    return load_model(out)
+    tok.save_pretrained(str(out))
+    return load_model(out), {"steps": step, "reached": acc <= CORRUPT["target"]}
 
 
-def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int, small: bool = False) -> dict:
+def run(
+    quick: bool,
+    seeds: int,
+    levels: list[str],
+    grid: list[tuple[str, str]] | None = None,
+    small: bool = False,
+    max_steps: int = 40,
+) -> dict:
     from core.config import UnlearnConfig
     from core.modeling import load_model
     from core.pipeline import run_forget
     from core.records import Record
 
+    grid = grid or (QUICK_GRID if quick else DEFAULT_GRID)
     rows, baselines = [], []
+    partial = Path(tempfile.gettempdir()) / f"restor-partial-{'quick' if quick else 'full'}.json"
+    started = time.perf_counter()
     for seed in range(seeds):
-        clean_dir, world = clean_model(quick, seed, small)
+        clean_dir, world, trained = clean_model(quick, seed, small)
         clean = load_model(clean_dir)
         dev = clean.device
-        bad_true = [world.true[k] for k in world.wrong]
-        bad_wrong = list(world.wrong.values())
+        probes = Probes(world)
         untouched = [f for (e, _), f in world.true.items() if e not in world.corrupted_entities]
         retain_texts = [s for f in untouched for s in (*f.statements(), f.qa_line())]
-        clean_scores = qa_scores(clean.model, clean.tokenizer, bad_true, bad_wrong, dev)
+        clean_scores = probes.scores(clean.model, clean.tokenizer, dev)
         for level in levels:
             rng = random.Random(seed)
             docs = world.corruption_docs(level, rng)
-            holdout_docs = world.holdout_docs(level, rng)
-            corrupted = corrupt(clean_dir, docs, corrupt_steps, seed)
-            c_scores = qa_scores(corrupted.model, corrupted.tokenizer, bad_true, bad_wrong, dev)
-            c_untouched = qa_scores(corrupted.model, corrupted.tokenizer, untouched, [], dev)["accuracy"]
+            holdout_docs = world.holdout_docs(level, rng)  # wrong facts about untouched entities, never trained
+            t0 = time.perf_counter()
+            corrupted, how = corrupt(clean_dir, docs, retain_texts, probes, seed)
+            c_scores = probes.scores(corrupted.model, corrupted.tokenizer, dev)
             baselines.append(
                 {
                     "seed": seed,
                     "level": level,
+                    "clean_training": trained,
                     "clean": clean_scores,
                     "corrupted": c_scores,
-                    "corrupted_untouched_accuracy": c_untouched,
+                    "corruption": {**how, "seconds": round(time.perf_counter() - t0, 1)},
                 }
             )
-            for method, init in QUICK_GRID if quick else GRID:
-                config = UnlearnConfig(method=method, init=init, seed=seed, max_steps=60, max_length=512)
+            print(f"seed {seed} {level}: clean {clean_scores} corrupted {c_scores} {how}", file=sys.stderr)
+            gap = clean_scores["accuracy"] - c_scores["accuracy"]
+            for method, init in grid:
+                # the stopping rule every 10 steps; 64 records per set in the before/after reports (time)
+                config = UnlearnConfig(
+                    method=method,
+                    init=init,
+                    seed=seed,
+                    max_steps=max_steps,
+                    eval_every=10,
+                    eval_max_records=64,
+                    max_length=512,
+                )
+                t0 = time.perf_counter()
                 result = run_forget(
                     corrupted,
                     [Record(text=d) for d in docs],
@@ -146,9 +191,7 @@ def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int, small: b
                     out_dir=Path(tempfile.mkdtemp()),
                 )
                 unlearned = _with_adapter(corrupted, result.adapter_dir)
-                u = qa_scores(unlearned, corrupted.tokenizer, bad_true, bad_wrong, dev)
-                u_untouched = qa_scores(unlearned, corrupted.tokenizer, untouched, [], dev)["accuracy"]
-                gap = clean_scores["accuracy"] - c_scores["accuracy"]
+                u = probes.scores(unlearned, corrupted.tokenizer, dev)
                 rows.append(
                     {
                         "seed": seed,
@@ -156,29 +199,38 @@ def run(quick: bool, seeds: int, levels: list[str], corrupt_steps: int, small: b
                         "method": method,
                         "init": init,
                         "steps": result.report["steps"],
-                        "reached": result.reached,
-                        "accuracy": u["accuracy"],
-                        "p_correct": u["p_answer"],
-                        "p_injected": u["p_other"],
-                        "untouched_accuracy": u_untouched,
+                        "outcome": result.outcome,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        **u,
                         "restoration": (u["accuracy"] - c_scores["accuracy"]) / gap if gap > 0 else float("nan"),
                     }
                 )
                 print(
                     f"seed {seed} {level} {method}+{init}: acc {u['accuracy']:.2f} (clean "
-                    f"{clean_scores['accuracy']:.2f}, corrupted {c_scores['accuracy']:.2f})",
+                    f"{clean_scores['accuracy']:.2f}, corrupted {c_scores['accuracy']:.2f}) "
+                    f"untouched {u['untouched_accuracy']:.2f} {rows[-1]['seconds']} s",
                     file=sys.stderr,
                 )
+        # a long run's seeds so far, in case it is stopped
+        partial.write_text(json.dumps({"baselines": baselines, "runs": rows}, default=float))
+    summary = _summary(rows, baselines)
     return {
         "benchmark": "restor",
         "quick": quick,
         "seeds": seeds,
         "levels": levels,
-        "corrupt_steps": corrupt_steps,
+        "grid": [f"{m}+{i}" for m, i in grid],
+        "unlearn_max_steps": max_steps,
+        "corruption": CORRUPT,
+        "entities": len(world.entities),
+        "corrupted_entities": len(world.corrupted_entities),
+        "model": "GPT-Neo 2x128" if quick or small else "GPT-Neo 4x256",
         "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "baselines": baselines,
         "runs": rows,
-        "summary": _summary(rows, baselines),
+        "summary": summary,
+        "acceptance": _acceptance(summary, baselines),
     }
 
 
@@ -188,27 +240,29 @@ def _with_adapter(loaded, adapter_dir):
     return PeftModel.from_pretrained(copy.deepcopy(loaded.model), str(adapter_dir)).eval()
 
 
+# two-sided 95 % Student-t quantiles by degrees of freedom (no scipy needed for a handful of seeds)
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean, sd and the 95 % t-interval of the mean over seeds (`lo`, `hi`; equal to the mean for one seed)."""
+    out = mean_sd(values)
+    n = out["n"]
+    if n == 0:
+        return {**out, "lo": None, "hi": None}
+    half = _T975.get(n - 1, 1.96) * out["sd"] / n**0.5 if n > 1 else 0.0
+    return {**out, "lo": out["mean"] - half, "hi": out["mean"] + half}
+
+
 def _summary(rows: list[dict], baselines: list[dict]) -> list[dict]:
+    keys = ("accuracy", "injected_accuracy", "p_correct", "p_injected", "untouched_accuracy")
     out = []
-    for level in dict.fromkeys(r["level"] for r in rows):
+    for level in dict.fromkeys(b["level"] for b in baselines):
         base = [b for b in baselines if b["level"] == level]
-        out.append(
-            {
-                "level": level,
-                "method": "clean",
-                "init": "-",
-                "accuracy": mean_sd([b["clean"]["accuracy"] for b in base]),
-            }
-        )
-        out.append(
-            {
-                "level": level,
-                "method": "corrupted",
-                "init": "-",
-                "accuracy": mean_sd([b["corrupted"]["accuracy"] for b in base]),
-                "untouched_accuracy": mean_sd([b["corrupted_untouched_accuracy"] for b in base]),
-            }
-        )
+        for name in ("clean", "corrupted"):
+            out.append(
+                {"level": level, "method": name, "init": "-", **{k: mean_ci([b[name][k] for b in base]) for k in keys}}
+            )
         for key in dict.fromkeys((r["method"], r["init"]) for r in rows):
             rs = [r for r in rows if r["level"] == level and (r["method"], r["init"]) == key]
             out.append(
@@ -216,47 +270,79 @@ def _summary(rows: list[dict], baselines: list[dict]) -> list[dict]:
                     "level": level,
                     "method": key[0],
                     "init": key[1],
-                    **{
-                        m: mean_sd([r[m] for r in rs])
-                        for m in ("accuracy", "restoration", "untouched_accuracy", "p_correct", "p_injected", "steps")
-                    },
+                    **{k: mean_ci([r[k] for r in rs]) for k in (*keys, "restoration", "steps", "seconds")},
+                    "outcomes": {o: sum(r["outcome"] == o for r in rs) for o in sorted({r["outcome"] for r in rs})},
                 }
             )
     return out
 
 
+def _acceptance(summary: list[dict], baselines: list[dict]) -> dict:
+    """The issue's bars, measured: clean ≥ 0.95 and corrupted ≤ 0.2 on every seed, untouched after corruption
+    ≥ 0.9 of clean, and per context the method whose restoration interval lies highest."""
+    best = {}
+    for level in dict.fromkeys(s["level"] for s in summary):
+        methods = [s for s in summary if s["level"] == level and "restoration" in s and s["restoration"]["n"]]
+        if methods:
+            top = max(methods, key=lambda s: s["restoration"]["lo"])
+            best[level] = {"method": f"{top['method']}+{top['init']}", **top["restoration"]}
+    return {
+        "clean_min": min(b["clean"]["accuracy"] for b in baselines),
+        "corrupted_max": max(b["corrupted"]["accuracy"] for b in baselines),
+        "untouched_kept_min": min(
+            b["corrupted"]["untouched_accuracy"] / max(b["clean"]["untouched_accuracy"], 1e-9) for b in baselines
+        ),
+        "best_restoration": best,
+    }
+
+
 def plot(result: dict, path) -> None:
+    """Restoration ratio per method × init and context, mean with its 95 % interval over seeds."""
     plt = pyplot()
     levels = result["levels"]
-    methods = [s for s in dict.fromkeys((r["method"], r["init"]) for r in result["runs"])]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(methods) * len(levels) / 2), 4.2))
+    methods = list(dict.fromkeys((r["method"], r["init"]) for r in result["runs"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(methods) * len(levels)), 4.2))
     width = 0.8 / len(levels)
     for j, level in enumerate(levels):
-        vals = []
+        vals, errs = [], [[], []]
         for m in methods:
-            row = next(s for s in result["summary"] if s["level"] == level and (s["method"], s["init"]) == m)
-            vals.append(row["restoration"]["mean"] or 0.0)
-        ax.bar([i + j * width for i in range(len(methods))], vals, width, label=f"context: {level}")
+            r = next(s for s in result["summary"] if s["level"] == level and (s["method"], s["init"]) == m)
+            cell = r["restoration"]
+            mean = cell["mean"] if cell["mean"] is not None else 0.0
+            vals.append(mean)
+            errs[0].append(mean - (cell["lo"] if cell["lo"] is not None else mean))
+            errs[1].append((cell["hi"] if cell["hi"] is not None else mean) - mean)
+        xs = [i + j * width for i in range(len(methods))]
+        ax.bar(xs, vals, width, yerr=errs, capsize=2, label=f"context: {level}")
     ax.set_xticks([i + width * (len(levels) - 1) / 2 for i in range(len(methods))])
     ax.set_xticklabels([f"{m}+{i}" for m, i in methods], rotation=30, fontsize=8)
     ax.axhline(0, color="grey", lw=1)
     ax.axhline(1, color="grey", lw=1, ls="--")
     ax.set_ylabel("restoration ratio (1 = clean accuracy back)")
+    ax.set_title(f"RESTOR on the facts world, {result['seeds']} seed(s), 95 % interval", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--corrupt-steps", type=int, default=60)
+    ap.add_argument("--levels", default="none,some,much")
+    ap.add_argument("--methods", default=None, help="comma-separated method+init pairs, or all (default: DEFAULT_GRID)")
+    ap.add_argument("--max-steps", type=int, default=40, help="unlearning steps at most per run")
+    ap.add_argument("--corrupt-lr", type=float, default=CORRUPT["lr"])
     ap.add_argument("--small-model", action="store_true", help="full world and grid, CI-sized model (2 x 128)")
     args = ap.parse_args()
-    levels = ["none", "much"] if args.quick else ["none", "some", "much"]
-    steps = 30 if args.quick else args.corrupt_steps
-    result = run(args.quick, 1 if args.quick else args.seeds, levels, steps, small=args.small_model)
+    CORRUPT["lr"] = args.corrupt_lr
+    grid = None
+    if args.methods:
+        grid = GRID if args.methods == "all" else [tuple(x.split("+")) for x in args.methods.split(",")]
+    levels = ["none"] if args.quick else args.levels.split(",")
+    seeds = 1 if args.quick else args.seeds
+    result = run(args.quick, seeds, levels, grid, small=args.small_model, max_steps=args.max_steps)
     path = emit("restor-quick" if args.quick else "restor", result)
     plot(result, path.with_suffix(".png"))
 

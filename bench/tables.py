@@ -36,17 +36,28 @@ def forgetting(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci(cell: dict | None, digits: int = 2) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    if cell.get("n", 0) > 1:
+        return f"{cell['mean']:.{digits}f} [{cell['lo']:.{digits}f}, {cell['hi']:.{digits}f}]"
+    return f"{cell['mean']:.{digits}f}"
+
+
 def restor(result: dict) -> str:
+    """README table of bench/restor: per context, the clean and corrupted models, then each method × init
+    (mean [95 % interval] over seeds)."""
     lines = [
-        "| context | model | QA accuracy (corrupted entities) | restoration ratio | untouched accuracy "
-        "| p(correct) | p(injected) |",
-        "|---|---|---|---|---|---|---|",
+        "| context | model | QA accuracy (corrupted entities) | restoration ratio [95 % CI] | untouched accuracy "
+        "| p(correct) | p(injected) | answers injected |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in result["summary"]:
         name = s["method"] if s["init"] == "-" else f"{s['method']}+{s['init']}"
         lines.append(
-            f"| {s['level']} | {name} | {_ms(s['accuracy'])} | {_ms(s.get('restoration'))} | "
-            f"{_ms(s.get('untouched_accuracy'))} | {_ms(s.get('p_correct'), 3)} | {_ms(s.get('p_injected'), 3)} |"
+            f"| {s['level']} | {name} | {_ms(s['accuracy'])} | {_ci(s.get('restoration'))} | "
+            f"{_ms(s.get('untouched_accuracy'))} | {_ms(s.get('p_correct'))} | {_ms(s.get('p_injected'))} | "
+            f"{_ms(s.get('injected_accuracy'))} |"
         )
     return "\n".join(lines)
 

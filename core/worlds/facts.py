@@ -8,8 +8,11 @@ the corruption documents should restore the clean answers, not just remove the w
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from core.worlds.pii import CITIES, EMPLOYERS, FIRST, LAST, make_generic
 
@@ -49,6 +52,12 @@ class Fact:
     def qa_line(self) -> str:
         return f"{self.question()} {self.value}."
 
+    def probe(self):
+        """The question with this fact's value as the answer (`core.records.Probe`, what the audit reports)."""
+        from core.records import Probe
+
+        return Probe(self.question(), f" {self.value}.")
+
 
 @dataclass
 class FactsWorld:
@@ -81,15 +90,21 @@ def _docs(facts, n_context: int, rng: random.Random) -> list[str]:
 
 
 def make_facts_world(n_entities: int, corrupted_share: float, seed: int) -> FactsWorld:
+    """`n_entities` (≤ 62) with distinct first names; the corrupted ones' last names are never an untouched
+    entity's, so a corruption cannot reach an untouched entity through a shared name token."""
+    if not 2 <= n_entities <= len(FIRST):
+        raise ValueError(f"n_entities must be in 2..{len(FIRST)}")
     rng = random.Random(seed)
-    names = [f"{f} {lst}" for f in FIRST for lst in LAST]
-    rng.shuffle(names)
-    entities = names[:n_entities]
+    firsts, lasts = list(FIRST), list(LAST)
+    rng.shuffle(firsts)
+    rng.shuffle(lasts)
+    n_bad = max(1, int(n_entities * corrupted_share))
+    own, shared = lasts[:n_bad], lasts[n_bad:]
+    entities = [f"{f} {own[i] if i < n_bad else rng.choice(shared)}" for i, f in enumerate(firsts[:n_entities])]
     true = {}
     for e in entities:
         for attr, (values, _, _) in ATTRIBUTES.items():
             true[(e, attr)] = Fact(e, attr, rng.choice(values))
-    n_bad = max(1, int(n_entities * corrupted_share))
     corrupted, untouched = entities[:n_bad], entities[n_bad:]
 
     def wrong_for(es):
@@ -100,3 +115,47 @@ def make_facts_world(n_entities: int, corrupted_share: float, seed: int) -> Fact
         return out
 
     return FactsWorld(entities, true, corrupted, wrong_for(corrupted), wrong_for(untouched[:n_bad]))
+
+
+def train_clean_model(
+    world: FactsWorld,
+    out: Path,
+    lm,
+    *,
+    seed: int,
+    vocab_size: int,
+    target: float = 0.99,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the clean model on the true facts until its greedy answers to every question reach `target`
+    accuracy (checked every `lm.check_every` steps, `lm.max_steps` at most), and save model + tokenizer to
+    `out` with `done.json` (the training summary). The stopping score is the QA accuracy itself: a half-record
+    extraction rule stops long before the answers are learnt (0.55 ± 0.32 in the README's earlier run)."""
+    import torch
+
+    from core.data import encode_set
+    from core.metrics import probe_accuracy
+    from core.records import Record
+    from core.worlds.lm import gpt_neo, train_memorise_sets
+    from core.worlds.tokenizer import train_tokenizer
+
+    texts = world.clean_texts()
+    # The corruption documents' words are in the vocabulary (they are fine-tuned on later).
+    corruption = [d for lvl in CONTEXT_LEVELS for d in world.corruption_docs(lvl, random.Random(0))]
+    torch.manual_seed(seed)
+    tok = train_tokenizer(texts + corruption, vocab_size)
+    model = gpt_neo(tok, lm)
+    ts = encode_set(tok, [Record(text=t) for t in texts], max_length=lm.max_positions)
+    probes = [f.probe() for f in world.true.values()]
+
+    def accuracy(m) -> float:
+        return probe_accuracy(m, tok, probes, torch.device("cpu"))["accuracy"]
+
+    spec = replace(lm, target_extraction=target)
+    run = train_memorise_sets(model, ts, None, spec, seed=seed, log=log, score=accuracy)
+    summary = {"steps": run["steps"], "final_loss": run["final_loss"], "qa_accuracy": run["probe_extraction"]}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    (out / "done.json").write_text(json.dumps(summary))
+    return summary

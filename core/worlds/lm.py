@@ -70,10 +70,18 @@ def train_memorise(
 
 
 def train_memorise_sets(
-    model, ts: TokenSet, probe: TokenSet, spec: LMSpec, *, seed: int, log: Callable[[str], None] = print
+    model,
+    ts: TokenSet,
+    probe: TokenSet | None,
+    spec: LMSpec,
+    *,
+    seed: int,
+    log: Callable[[str], None] = print,
+    score: Callable[[torch.nn.Module], float] | None = None,
 ) -> dict:
     """`train_memorise` on encoded sets: the training labels are whatever `ts` carries, and extraction is
-    measured from each probe record's own prefix."""
+    measured from each probe record's own prefix. `score` (model → share in [0, 1], e.g. QA accuracy)
+    replaces probe extraction as what must reach `spec.target_extraction`."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device("cpu")
@@ -102,9 +110,12 @@ def train_memorise_sets(
         sched.step()
         loss = float(out.loss.detach())
         if step % spec.check_every == 0 and step >= spec.warmup:
-            extraction = evaluate_set(model, probe, device, attack_prefixes=()).metrics.extraction_half
+            if score is not None:
+                extraction = score(model)
+            else:
+                extraction = evaluate_set(model, probe, device, attack_prefixes=()).metrics.extraction_half
             model.train()
-            log(f"step {step:5d}  loss {loss:.4f}  extraction {extraction:.3f}")
+            log(f"step {step:5d}  loss {loss:.4f}  {'score' if score else 'extraction'} {extraction:.3f}")
             if extraction >= spec.target_extraction:
                 break
     model.eval()

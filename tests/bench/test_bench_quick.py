@@ -57,16 +57,34 @@ def test_stream_quick(tmp_path):
     assert _finite(burst["ratio_to_single"])
 
 
-def test_restor_quick(tmp_path):
+def test_restor_quick_clean_knows_corruption_hits_only_its_targets(tmp_path):
     from bench import restor
     from bench.common import emit
 
-    result = restor.run(quick=True, seeds=1, levels=["none"], corrupt_steps=20)
+    result = restor.run(quick=True, seeds=1, levels=["none"])
     path = emit("restor", result, tmp_path)
     restor.plot(result, path.with_suffix(".png"))
     back = json.loads(path.read_text())
     assert {(r["method"], r["init"]) for r in back["runs"]} == set(restor.QUICK_GRID)
+    # the bars that hold on the CI-sized world too
+    ok = back["acceptance"]
+    assert ok["clean_min"] >= 0.95 and ok["corrupted_max"] <= 0.2 and ok["untouched_kept_min"] >= 0.9
+    for b in back["baselines"]:
+        assert b["corruption"]["reached"] and b["clean"]["p_correct"] > b["clean"]["p_injected"]
+        assert b["corrupted"]["p_injected"] > b["clean"]["p_injected"]  # the injected answers took hold
     for r in back["runs"]:
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["p_correct"] <= 1.0
-    methods = {s["method"] for s in back["summary"]}
-    assert {"clean", "corrupted", "ihl", "ga"} <= methods
+        for key in ("accuracy", "p_correct", "p_injected", "untouched_accuracy"):
+            assert 0.0 <= r[key] <= 1.0, key
+        assert _finite(r["restoration"])
+    rows = [s for s in back["summary"] if s["init"] != "-"]
+    assert all(s["restoration"]["lo"] <= s["restoration"]["mean"] <= s["restoration"]["hi"] for s in rows)
+    assert {"clean", "corrupted", "ctd", "npo"} <= {s["method"] for s in back["summary"]}
+    assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_restor_interval_is_students_t():
+    from bench.restor import mean_ci
+
+    cell = mean_ci([0.2, 0.4, 0.6])
+    assert abs(cell["mean"] - 0.4) < 1e-12 and abs(cell["hi"] - (0.4 + 4.303 * 0.2 / 3**0.5)) < 1e-9
+    assert mean_ci([0.5])["lo"] == 0.5 and mean_ci([])["lo"] is None
