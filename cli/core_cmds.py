@@ -70,11 +70,13 @@ def unlearn(
     retain: Annotated[Path | None, typer.Option("--retain", help="JSONL of records to keep.")] = None,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="JSONL of never-trained records.")] = None,
     method: Annotated[str, typer.Option(help="ctd (default: needs --holdout) | ihl | ga | gd | kl | npo")] = "ctd",
-    init: Annotated[str, typer.Option(help="fila | lora | full")] = "fila",
+    init: Annotated[
+        str | None, typer.Option(help="fila | lora | full (default: the method's; lora for ctd, fila otherwise)")
+    ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2·rank).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")] = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Step budget.")] = 100,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Step budget (default: the method's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     previous: Annotated[Path | None, typer.Option(help="Adapter this one builds on (cumulative).")] = None,
 ) -> None:
