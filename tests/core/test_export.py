@@ -81,20 +81,25 @@ def test_components_with_different_scales_export_exactly(tmp_path):
     assert torch.allclose(back["layer"][0].delta(), expected, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def two_versions(tiny_loaded, tiny_world, tmp_path_factory):
+def _request_pair(loaded, world, config, tmp):
     """Request 1 (three people) → version 1; request 2 (the others) → cumulative version 2 on it."""
-    forget, tmp, config = tiny_world.forget, tmp_path_factory.mktemp("versions"), fast_config()
-    v1 = run_forget(tiny_loaded, forget[:3], tiny_world.retain, tiny_world.holdout, config, out_dir=tmp / "v1")
+    v1 = run_forget(loaded, world.forget[:3], world.retain, world.holdout, config, out_dir=tmp / "v1")
     v2 = run_forget(
-        tiny_loaded,
-        forget[3:],
-        tiny_world.retain,
-        tiny_world.holdout,
+        loaded,
+        world.forget[3:],
+        world.retain,
+        world.holdout,
         config,
         out_dir=tmp / "v2",
         previous_adapter=v1.adapter_dir,
     )
+    return v1, v2
+
+
+@pytest.fixture(scope="module")
+def two_versions(tiny_loaded, tiny_world, tmp_path_factory):
+    config = fast_config()
+    v1, v2 = _request_pair(tiny_loaded, tiny_world, config, tmp_path_factory.mktemp("versions"))
     fresh = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir), attn_implementation="eager").eval()
     model = PeftModel.from_pretrained(fresh, str(v2.adapter_dir)).eval()
     return config, v1, v2, model
@@ -144,19 +149,9 @@ def test_a_version_beyond_the_rank_bound_is_compacted_and_still_exports_exactly(
     """Rank 4 per job (FILA: 8 per version): version 2 would be rank 16; with a bound of 8 it is compacted to
     8 — truncated SVD of the cumulative ΔW, then repaired by distilling the uncompressed model — and base +
     exported adapter still reproduces the model the verdict was measured on."""
-    forget = tiny_world.forget
     config = fast_config(rank=4, alpha=8, max_adapter_rank=8, compaction_steps=20)
-    v1 = run_forget(tiny_loaded, forget[:3], tiny_world.retain, tiny_world.holdout, config, out_dir=tmp_path / "v1")
+    v1, v2 = _request_pair(tiny_loaded, tiny_world, config, tmp_path)
     assert v1.report["adapter"]["rank"] == 8 and "compaction" not in v1.report["adapter"]
-    v2 = run_forget(
-        tiny_loaded,
-        forget[3:],
-        tiny_world.retain,
-        tiny_world.holdout,
-        config,
-        out_dir=tmp_path / "v2",
-        previous_adapter=v1.adapter_dir,
-    )
     info = v2.report["adapter"]
     assert info["rank"] == 8 and info["parent_rank"] == 8
     c = info["compaction"]
