@@ -118,6 +118,14 @@ def holdout_profiles(
     return out
 
 
+def row_profiles(row_logp: list[torch.Tensor], row_hits: list[int], zlib_bytes: list[int]) -> list[Profile]:
+    """Profiles from what an evaluation already holds per row (core/metrics.py `SetScores.row_logp`/`row_hits`):
+    the same as `holdout_profiles` on that model, without a second forward pass over the holdout."""
+    return [
+        Profile(lp.float().sort().values, int(h), zb) for lp, h, zb in zip(row_logp, row_hits, zlib_bytes, strict=True)
+    ]
+
+
 def donor_pool(profiles: list[Profile], tail_p: float) -> list[int]:
     """The holdout records a forget record may imitate: in no score's tails. A copy of a record the verdict's
     tail check would flag (its conformal p below `tail_p`, with a factor 2 of slack for the fit's error)

@@ -85,7 +85,6 @@ class LossInputs:
     retain_labels: torch.Tensor | None = None
     ref_forget_logp: torch.Tensor | None = None  # npo: log π_ref(y|x) per forget sequence
     ref_retain_logits: torch.Tensor | None = None  # kl, anchored: the starting model's logits on the retain batch
-    ref_forget_logits: torch.Tensor | None = None  # ctd: the starting model's logits on the forget batch
     forget_target_logp: torch.Tensor | None = None  # ctd: calibrated target log-prob per forget token (shifted)
     forget_top1_allowed: torch.Tensor | None = None  # ctd: where the label may stay the argmax (shifted)
     margin_weight: float = 1.0  # ctd: weight of `keep_top1` in the anchor

@@ -51,6 +51,26 @@ def min_k_from_logprobs(picked: torch.Tensor, mask: torch.Tensor, k: float = 0.2
     return torch.where(count > 0, mean, torch.zeros_like(mean))
 
 
+def last_miss(top1: torch.Tensor, ts: TokenSet, start: int = 0) -> torch.Tensor:
+    """Per row, the last position t whose token the teacher-forced argmax at t−1 gets wrong (0 if none), from
+    the argmax guesses `top1` (B×(T−1)) of rows `start…` of `ts`.
+
+    Greedy decoding from a prefix of k tokens reproduces the rest of the row exactly iff every token from
+    position k on is the argmax given the true tokens before it (by induction: the first wrong guess is where
+    the decode leaves the row, and until then it saw exactly the true tokens). So exact extraction from prefix
+    k is `last_miss < k`, for every k at once, from the forward pass the other metrics already need."""
+    rows = ts.encoded[start : start + top1.size(0)]
+    width = top1.size(1)
+    truth = torch.zeros_like(top1)
+    valid = torch.zeros_like(top1, dtype=torch.bool)
+    for r, e in enumerate(rows):
+        n = min(len(e.ids) - 1, width)
+        truth[r, :n] = torch.as_tensor(e.ids[1 : n + 1], device=top1.device)
+        valid[r, :n] = True
+    position = torch.arange(1, width + 1, device=top1.device)
+    return ((top1 != truth) & valid).long().mul(position).amax(-1).cpu()
+
+
 def ngram_overlap(generated: list[int], reference: list[int], n: int) -> float:
     """Share of the reference's n-grams that the generation reproduces (count-clipped).
 
@@ -194,6 +214,10 @@ class SetScores:
     el: list[float] | None = None  # per record, when decoded
     extracted: list[bool] | None = None  # per record, when decoded
     extracted_short: list[bool] | None = None
+    # Per row (window), from the same forward pass: its target tokens' log-probs in order and its top-1 hits.
+    # What ctd's calibration re-profiles the holdout from after a check (core/calibration.py `Profile`).
+    row_logp: list[torch.Tensor] | None = None
+    row_hits: list[int] | None = None
 
     def subset(self, records: list[int]) -> SetScores:
         """The scores of some of the records (one request's, in a job that serves several), with the set
@@ -238,7 +262,8 @@ def evaluate_set(
     batch_size: int = 32,
     attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS,
 ) -> SetScores:
-    """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode.
+    """All per-set metrics from one batched forward pass and (if `generate`) one batched greedy decode from the
+    configured prefix (for EL_n; extraction from every attack prefix comes from the forward pass, `last_miss`).
 
     Scores are per *record*: the windows of a record longer than the context (core/data.py `windows`) are
     pooled — its loss and Min-k% over all its target tokens, its MA over them too, its zlib score (loss ÷ the
@@ -248,17 +273,19 @@ def evaluate_set(
         return SetScores(SetMetrics(0, nan, nan, nan, nan, nan, nan), [], [], [], [])
     was_training = model.training
     model.eval()
-    hits, nll, tok, picked_rows = [], [], [], []
+    hits, nll, tok, picked_rows, misses = [], [], [], [], []
     for start, logits in zip(range(0, len(ts), batch_size), forward_logits(model, ts, device, batch_size), strict=True):
         labels = ts.labels[start : start + batch_size, : logits.size(1)].to(device)
         lg, lb = shift(logits, labels)
         mask = lb != IGNORE
-        hits.append(((lg.argmax(-1) == lb) & mask).sum(-1))
+        top1 = lg.argmax(-1)
+        hits.append(((top1 == lb) & mask).sum(-1))
+        misses.append(last_miss(top1, ts, start))
         picked, _ = token_logprobs(logits, labels)  # once for the NLL and Min-k% (a V-wide log-softmax)
         nll.append(-picked.sum(-1))
         tok.append(mask.sum(-1))
         picked_rows += [p[m].double().cpu() for p, m in zip(picked, mask, strict=True)]
-    gen = generation_scores(model, ts, device, el_n, attack_prefixes) if generate else None
+    gen = generation_scores(model, ts, device, el_n, attack_prefixes, torch.cat(misses)) if generate else None
     if was_training:
         model.train()
     groups = record_rows(ts)
@@ -281,9 +308,10 @@ def evaluate_set(
         extraction_half=gen.extraction_half if gen else nan,
         perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
     )
+    per_row = {"row_logp": [p.float() for p in picked_rows], "row_hits": hit_t.tolist()}
     if gen is None:
-        return SetScores(metrics, loss, min_k, zlib, ma)
-    return SetScores(metrics, loss, min_k, zlib, ma, gen.record_el, gen.extracted, gen.extracted_short)
+        return SetScores(metrics, loss, min_k, zlib, ma, **per_row)
+    return SetScores(metrics, loss, min_k, zlib, ma, gen.record_el, gen.extracted, gen.extracted_short, **per_row)
 
 
 def record_rows(ts: TokenSet) -> list[list[int]]:
@@ -314,33 +342,49 @@ class Generation:
 
 
 def generation_scores(
-    model, ts: TokenSet, device: torch.device, el_n: int = 10, attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS
+    model,
+    ts: TokenSet,
+    device: torch.device,
+    el_n: int = 10,
+    attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS,
+    misses: torch.Tensor | None = None,
 ) -> Generation:
-    """EL_n and exact extraction of the set's records: one batched greedy decode of every row's suffix from
-    each of its attack prefixes (`attack_prefix_lengths`). A record counts as extracted when any prefix of
-    any of its windows reproduces the rest of that window token for token; its EL_n is the mean over its
-    windows, each from its configured prefix."""
-    rows: list[tuple[int, int]] = [
-        (i, k) for i, e in enumerate(ts.encoded) for k in attack_prefix_lengths(e, attack_prefixes)
-    ]
-    prefixes = [ts.encoded[i].ids[:k] for i, k in rows]
-    suffixes = [ts.encoded[i].ids[k:] for i, k in rows]
-    was_training = model.training
-    model.eval()  # no dropout while decoding
-    try:
-        gens = greedy_continue(model, prefixes, [len(s) for s in suffixes], device)
-    finally:
-        model.train(was_training)
+    """EL_n and exact extraction of the set's records. Extraction from every attack prefix
+    (`attack_prefix_lengths`) comes from the rows' teacher-forced misses (`last_miss`: exactly what a greedy
+    decode from that prefix would reproduce; computed here when `misses` is not given); EL_n needs the greedy
+    continuation itself, from the configured prefix only, and only of rows that prefix does not already
+    extract (those reproduce their suffix: EL_n = 1). A record counts as extracted when any prefix of any of
+    its windows reproduces the rest of that window token for token; its EL_n is the mean over its windows."""
+    if misses is None:
+        misses = torch.cat(
+            [
+                last_miss(logits[:, :-1].argmax(-1), ts, start)
+                for start, logits in zip(range(0, len(ts), 32), forward_logits(model, ts, device, 32), strict=True)
+            ]
+        )
+    miss = misses.tolist()
     n = len(ts)
-    hit_any, hit_short, hit_half, el = [False] * n, [False] * n, [False] * n, [0.0] * n
-    for (i, k), g, s in zip(rows, gens, suffixes, strict=True):
-        e, exact = ts.encoded[i], g == s
-        hit_any[i] |= exact
-        if k == e.prefix_len:
-            hit_half[i] = exact
-            el[i] = ngram_overlap(g, s, el_n)
-        if k < e.prefix_len or e.prompted:
-            hit_short[i] |= exact
+    hit_any, hit_short, hit_half, el = [False] * n, [False] * n, [False] * n, [1.0] * n
+    for i, e in enumerate(ts.encoded):
+        for k in attack_prefix_lengths(e, attack_prefixes):
+            exact = miss[i] < k
+            hit_any[i] |= exact
+            if k == e.prefix_len:
+                hit_half[i] = exact
+            if k < e.prefix_len or e.prompted:
+                hit_short[i] |= exact
+    decode = [i for i in range(n) if not hit_half[i]]
+    if decode:
+        was_training = model.training
+        model.eval()  # no dropout while decoding
+        try:
+            suffixes = [ts.encoded[i].ids[ts.encoded[i].prefix_len :] for i in decode]
+            prefixes = [ts.encoded[i].ids[: ts.encoded[i].prefix_len] for i in decode]
+            gens = greedy_continue(model, prefixes, [len(x) for x in suffixes], device)
+        finally:
+            model.train(was_training)
+        for i, g, x in zip(decode, gens, suffixes, strict=True):
+            el[i] = ngram_overlap(g, x, el_n)
     groups = record_rows(ts)
 
     def share(hit: list[bool]) -> float:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core import lora
-from core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, token_levels
+from core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, row_profiles, token_levels
 from core.config import Bounds, UnlearnConfig
 from core.data import TokenSet, concat
 from core.device import autocast
@@ -46,6 +46,7 @@ class Check:
 
     forgetting: Judgement
     forget: SetScores
+    holdout: SetScores
     utility: Utility | None = None
 
     @property
@@ -74,15 +75,15 @@ class StoppingRule:
         h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
         result = judge(f, h, self.bounds, self.groups)
         if not scores_pass(result):
-            return Check(result, f)
+            return Check(result, f, h)
         f = evaluate_set(model, forget_ts, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
         h = evaluate_set(model, self.holdout, device, el_n=self.el_n, attack_prefixes=())  # EL_n needs one prefix
         result = judge(f, h, self.bounds, self.groups)
         if not result.indistinguishable or self.retain is None or self.original is None or not len(self.retain):
-            return Check(result, f)
+            return Check(result, f, h)
         r = evaluate_set(model, self.retain, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
         now = {"retain": r.metrics.to_dict(), "holdout": h.metrics.to_dict()}
-        return Check(result, f, utility(self.original, now, self.bounds))
+        return Check(result, f, h, utility(self.original, now, self.bounds))
 
 
 @dataclass
@@ -359,6 +360,61 @@ def fila_init_factors(
     return factors
 
 
+ANCHOR_CACHE_BYTES = 1 << 30  # reference logits kept across steps (retain and never-seen anchor rows)
+
+
+class AnchorLogits:
+    """The anchor model's logits on the retain (and never-seen reference) rows of each step, computed once per
+    row and kept while they fit `budget_bytes`: the anchor never changes during a run (the original model for
+    ctd, the starting version for KL and anchored jobs), and rows recur every epoch of the retain set (the
+    demo's 290 retain records come back every 12 steps). Rows beyond the budget are recomputed when drawn
+    (a large vocabulary holds few rows: 128k × 256 positions × 4 B = 128 MiB per row). Computed in eval mode,
+    so the anchor is the model's inference behaviour (no dropout noise in its target)."""
+
+    def __init__(
+        self, adapted: Adapted, original: bool, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES
+    ) -> None:
+        self.adapted, self.original, self.device = adapted, original, device
+        self.budget, self.used = budget_bytes, 0
+        self.rows: dict[tuple[str, int], torch.Tensor] = {}
+
+    def _compute(self, batch: TokenSet) -> torch.Tensor:
+        model = self.adapted.model
+        was_training = model.training
+        anchor = self.adapted.original() if self.original else self.adapted.reference()
+        # Before the trained forward: the FILA reference swaps weights in place, which must not happen under a
+        # live autograd graph.
+        with torch.no_grad(), autocast(self.device), anchor as ref:
+            ref.eval()
+            try:
+                b = batch.to(self.device)
+                return ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            finally:
+                ref.train(was_training)
+
+    def of(self, batch: TokenSet, keys: list[tuple[str, int]]) -> torch.Tensor:
+        """Logits (B×T×V) of the batch's rows (`keys` name each row's set and index), padding positions 0."""
+        missing = [j for j, k in enumerate(keys) if k not in self.rows]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            computed = self._compute(batch.select(missing))
+            for local, j in enumerate(missing):
+                row = computed[local, : len(batch.encoded[j].ids)]
+                size = row.numel() * row.element_size()
+                if self.used + size <= self.budget:
+                    self.rows[keys[j]] = row.clone()
+                    self.used += size
+                else:
+                    fresh[j] = row
+        template = computed if missing else self.rows[keys[0]]
+        out = template.new_zeros((len(keys), batch.input_ids.size(1), template.size(-1)))
+        for j, k in enumerate(keys):
+            row = fresh.get(j)
+            row = self.rows[k] if row is None else row
+            out[j, : row.size(0)] = row
+        return out
+
+
 @dataclass
 class LoopResult:
     steps: int
@@ -462,7 +518,10 @@ def train(
         if calibration is not None and step > 0 and not checked.passed:
             # The holdout moves with the model (un-memorising one person's phone number makes every other
             # number a little likelier): the targets follow its current profiles.
-            targets = calibration.targets(profiles_of(model, rule.holdout, device))
+            h = checked.holdout  # scored by this check on the model as it is now: no second forward pass
+            targets = calibration.targets(
+                row_profiles(h.row_logp, h.row_hits, [e.zlib_bytes for e in rule.holdout.encoded])
+            )
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
@@ -473,30 +532,31 @@ def train(
         return result(0, True)
     step = 0
     reached = False
-    needs_ref = objective.needs_forget_targets or (
-        retain_batches is not None and (objective.needs_ref_retain_logits or anchor_weight > 0)
+    anchor_logits = (
+        AnchorLogits(adapted, objective.anchors_reference, device)
+        if retain_batches is not None and (objective.needs_ref_retain_logits or anchor_weight > 0)
+        else None
     )
     for step in range(1, config.max_steps + 1):
         if should_cancel():
             raise Cancelled(f"cancelled at step {step - 1}")
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
-        rb = retain_ts.select(next(retain_batches)) if retain_batches is not None else None
+        r_idx = next(retain_batches) if retain_batches is not None else []
+        rb = retain_ts.select(r_idx) if retain_batches is not None else None
+        retain_keys, reference_keys = [("retain", i) for i in r_idx], []
         if reference_batches is not None:
-            rb = concat([rb, reference_ts.select(next(reference_batches))])
+            x_idx = next(reference_batches)
+            rb = concat([rb, reference_ts.select(x_idx)])
+            reference_keys = [("reference", i) for i in x_idx]
         rb = rb.to(device) if rb is not None else None
         # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
         # on matmuls twice as tall (the step is launch-bound on small models).
         both = concat([fb, rb]) if rb is not None else fb
         n_f = fb.input_ids.size(0)
-        ref_logits = None
-        if needs_ref:
-            # Before the trained forward: the FILA reference swaps weights in place, which must not
-            # happen under a live autograd graph. A pure anchor (ctd) holds the *original* model however many
-            # versions came before (no erosion across a stream of requests); the others hold the start.
-            anchor = adapted.original() if objective.anchors_reference else adapted.reference()
-            with torch.no_grad(), autocast(device), anchor as ref:
-                ref_logits = ref(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
+        ref_logits = (
+            anchor_logits.of(rb, retain_keys + reference_keys) if anchor_logits is not None and rb is not None else None
+        )
         with autocast(device):
             logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
             inputs = LossInputs(
@@ -510,8 +570,7 @@ def train(
             )
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
-            if targets is not None and ref_logits is not None:
-                inputs.ref_forget_logits = ref_logits[:n_f, : fb.input_ids.size(1)]
+            if targets is not None:
                 width = fb.input_ids.size(1) - 1
                 rows = torch.as_tensor(f_idx)
                 inputs.forget_target_logp = targets.target_logp[rows][:, :width].to(device)
@@ -520,7 +579,7 @@ def train(
                 inputs.retain_logits = logits[n_f:, : rb.input_ids.size(1)]
                 inputs.retain_labels = rb.labels
                 if ref_logits is not None:
-                    inputs.ref_retain_logits = ref_logits[n_f:, : rb.input_ids.size(1)]
+                    inputs.ref_retain_logits = ref_logits[:, : rb.input_ids.size(1)]
             loss, parts = objective.fn(inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -6,9 +6,11 @@ import torch
 from core.data import encode_set
 from core.losses import token_logprobs
 from core.metrics import (
+    attack_prefix_lengths,
     auc,
     evaluate_set,
     greedy_continue,
+    last_miss,
     ma_per_record,
     min_k_score,
     ngram_overlap,
@@ -90,6 +92,51 @@ def test_batched_greedy_equals_per_sample_uncached_definition(arch, tiny_loaded,
             for _ in range(n):  # the textbook definition: re-run the whole sequence per token
                 ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
             assert got == ids[len(prefix) :]
+
+
+def test_last_miss_is_the_last_wrong_teacher_forced_guess_within_each_row():
+    from core.data import Encoded, tensorize
+
+    rows = [Encoded([5, 1, 2, 3, 4], 2), Encoded([5, 1, 2], 1), Encoded([5, 6, 7, 8], 2)]
+    ts = tensorize(rows, pad=0)
+    top1 = torch.tensor(
+        [
+            [1, 2, 3, 4],  # every guess right: extracted from any prefix
+            [1, 9, 0, 7],  # token 2 (position 2) missed; positions 3 and 4 are padding and do not count
+            [6, 0, 8, 0],  # token 7 (position 2) missed
+        ]
+    )
+    assert last_miss(top1[:, :4], ts).tolist() == [0, 2, 2]
+    assert last_miss(top1[1:], ts, start=1).tolist() == [2, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt2"])
+def test_teacher_forced_extraction_equals_greedy_decoding_from_every_attack_prefix(
+    arch, tiny_loaded, tiny_world, tiny_gpt2_dir
+):
+    """The extraction `evaluate_set` reports (from its forward pass, `last_miss`) is what a batched greedy
+    decode from each attack prefix reproduces, row by row, on memorised and never-seen records."""
+    from core.modeling import load_model
+
+    loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    ts = encode_set(tok, tiny_world.retain[:24] + tiny_world.holdout[:8])
+    scores = evaluate_set(model, ts, device, batch_size=7)
+    rows = [(i, k) for i, e in enumerate(ts.encoded) for k in attack_prefix_lengths(e)]
+    decoded = greedy_continue(
+        model, [ts.encoded[i].ids[:k] for i, k in rows], [len(ts.encoded[i].ids) - k for i, k in rows], device
+    )
+    exact = {(i, k): g == ts.encoded[i].ids[k:] for (i, k), g in zip(rows, decoded, strict=True)}
+    any_prefix = [any(v for (i, _), v in exact.items() if i == r) for r in range(len(ts))]
+    short = [any(v for (i, k), v in exact.items() if i == r and k < ts.encoded[r].prefix_len) for r in range(len(ts))]
+    assert scores.extracted == any_prefix
+    assert scores.extracted_short == short
+    if arch == "gpt_neo":  # the trained world: both outcomes occur, so the comparison means something
+        assert 0 < sum(any_prefix) < len(ts)
+    half = [g for (i, k), g in zip(rows, decoded, strict=True) if k == ts.encoded[i].prefix_len]
+    el = [ngram_overlap(g, e.ids[e.prefix_len :], 10) for g, e in zip(half, ts.encoded, strict=True)]
+    assert scores.el == pytest.approx(el)
 
 
 @pytest.mark.slow
@@ -174,3 +221,21 @@ def test_decode_batch_rows_follows_the_kv_cache_budget():
     assert decode_batch_rows(llama7b, 100, budget_bytes=1) == 1
     assert decode_batch_rows(Fake(num_hidden_layers=2, hidden_size=8), 10) == 128  # CPU cap
     assert decode_batch_rows(Fake(), 10) == 64  # no usable config: a safe default
+
+
+@pytest.mark.slow
+def test_an_evaluation_holds_the_holdout_profiles_a_separate_forward_pass_gives(tiny_loaded, tiny_world):
+    """ctd re-profiles the holdout after each check from the check's own evaluation (`row_profiles`): the
+    same profiles as `profiles_of`, the forward pass it replaced."""
+    from core.calibration import row_profiles
+    from core.unlearn import profiles_of
+
+    model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
+    ts = encode_set(tok, tiny_world.holdout)
+    scores = evaluate_set(model, ts, device, generate=False, batch_size=5)
+    got = row_profiles(scores.row_logp, scores.row_hits, [e.zlib_bytes for e in ts.encoded])
+    want = profiles_of(model, ts, device)
+    assert len(got) == len(want) == len(ts)
+    for g, w in zip(got, want, strict=True):
+        assert g.top1 == w.top1 and g.zlib_bytes == w.zlib_bytes
+        assert torch.allclose(g.logp, w.logp, atol=1e-5)
