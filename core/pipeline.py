@@ -87,10 +87,15 @@ def measure(
         name: evaluate_set(model, ts, device, el_n=config.el_n, attack_prefixes=config.attack_prefixes)
         for name, ts in (("forget", sets.forget), ("retain", sets.retain_eval), ("holdout", sets.holdout))
     }
-    block = {name: s.metrics.to_dict() for name, s in scores.items()}
+    return report_block(model, tokenizer, scores, sets, probes, device), scores
+
+
+def report_block(model, tokenizer, scores: dict[str, SetScores], sets: Sets, probes: list[Probe], device) -> dict:
+    """The report's block from the three sets' evaluations (`measure`'s, or a passing stopping check's)."""
+    block = {name: scores[name].metrics.to_dict() for name in ("forget", "retain", "holdout")}
     block["mia"] = mia(scores["forget"], scores["holdout"]) if len(sets.holdout) else None
     block["probes"] = probe_accuracy(model, tokenizer, probes, device) if probes else None
-    return block, scores
+    return block
 
 
 def measure_original(model, sets: Sets, config: UnlearnConfig, device) -> dict:
@@ -246,8 +251,14 @@ def _forget(
                     seed=config.seed,
                 )
             progress("evaluating", 1, 2, {"when": "after"})
-            with adapted.merged() as trained:
-                after, after_scores = measure(trained, tokenizer, sets, probes, config, device)
+            if loop.final is not None and compacted is None and len(forget_ts) == len(sets.forget):
+                # The loop stopped on a check that evaluated exactly what `measure` would (the same sets,
+                # prefixes and model): the after-report is that evaluation, not a second one.
+                after_scores = loop.final
+                after = report_block(adapted.model, tokenizer, after_scores, sets, probes, device)
+            else:
+                with adapted.merged() as trained:
+                    after, after_scores = measure(trained, tokenizer, sets, probes, config, device)
             verdict_after = (
                 judge(after_scores["forget"], after_scores["holdout"], bounds, groups) if has_holdout else None
             )

