@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from core.data import encode_set
-from core.losses import token_logprobs
-from core.metrics import (
+from unlearnd.core.data import encode_set
+from unlearnd.core.losses import token_logprobs
+from unlearnd.core.metrics import (
     auc,
     evaluate_set,
     greedy_continue,
@@ -14,7 +14,7 @@ from core.metrics import (
     ngram_overlap,
     nll_per_record,
 )
-from core.records import Record
+from unlearnd.core.records import Record
 
 
 def test_ma_counts_teacher_forced_argmax_hits_over_targets():
@@ -75,7 +75,7 @@ def test_batched_min_k_equals_the_per_record_definition():
 def test_batched_greedy_equals_per_sample_uncached_definition(arch, tiny_loaded, tiny_world, tiny_gpt2_dir):
     """Left-padded batches (several prefix lengths per batch, a batch size that splits the set) decode
     exactly what each prefix decodes alone, with absolute position embeddings (GPT-Neo, GPT-2)."""
-    from core.modeling import load_model
+    from unlearnd.core.modeling import load_model
 
     loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
@@ -128,8 +128,8 @@ def test_prompt_completion_records_target_only_the_completion(tiny_world):
 
 @pytest.mark.slow
 def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded, tiny_world):
-    from core.metrics import probe_accuracy
-    from core.records import Probe
+    from unlearnd.core.metrics import probe_accuracy
+    from unlearnd.core.records import Probe
 
     model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
     texts = [r.text for r in tiny_world.retain[:6]]
@@ -158,7 +158,7 @@ def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded,
 def test_decode_batch_rows_follows_the_kv_cache_budget():
     from types import SimpleNamespace
 
-    from core.metrics import decode_batch_rows
+    from unlearnd.core.metrics import decode_batch_rows
 
     class Fake(torch.nn.Module):
         def __init__(self, **cfg):
