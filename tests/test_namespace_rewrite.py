@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
-import textwrap
+import re
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,13 @@ PATHS = tool.module_path_re(
 )
 
 
+def margin(text: str) -> str:
+    """The cases' lines start with `|` (so that no line of this file starts like an old-style import)."""
+    return re.sub(r"(?m)^[ \t]*\|", "", text)
+
+
 def rewrite(code: str) -> str:
-    once = tool.rewrite_python(textwrap.dedent(code), PATHS)
+    once = tool.rewrite_python(margin(code), PATHS)
     assert tool.rewrite_python(once, PATHS) == once  # idempotent
     return once
 
@@ -30,22 +35,22 @@ def rewrite(code: str) -> str:
 def test_imports_and_the_names_plain_imports_bind():
     got = rewrite(
         '''
-        """Docstring: core.pipeline.run_forget stays prose."""
-        import core.pipeline
-        import worker.celery_app as c
-        from api.settings import Settings
-        from api import app
-        from unlearnd import Client
-        from bench.common import x
-
-        def phases():
-            import worker.runner
-            return [(core.pipeline, "run"), (worker.runner, "publish")]
-
-        def other():
-            async def worker():
-                pass
-            return worker()
+        |"""Docstring: core.pipeline.run_forget stays prose."""
+        |import core.pipeline
+        |import worker.celery_app as c
+        |from api.settings import Settings
+        |from api import app
+        |from unlearnd import Client
+        |from bench.common import x
+        |
+        |def phases():
+        |    import worker.runner
+        |    return [(core.pipeline, "run"), (worker.runner, "publish")]
+        |
+        |def other():
+        |    async def worker():
+        |        pass
+        |    return worker()
         '''
     )
     assert "import unlearnd.core.pipeline\n" in got
@@ -60,14 +65,14 @@ def test_imports_and_the_names_plain_imports_bind():
 def test_module_paths_in_strings_but_not_file_names_fstring_fields_or_docstrings():
     got = rewrite(
         """
-        def f(api, root):
-            \"\"\"`worker.runner.run_job` in a docstring stays.\"\"\"
-            cmd = [sys.executable, "-m", "cli.main", "worker"]
-            target = "uvicorn api.app:app"
-            code = "import api.app, sys; assert 'worker.runner' not in sys.modules"
-            log = root / "worker.log"
-            shown = f"{api.settings.data_dir} via cli.main"
-            return cmd, target, code, log, shown, "unlearnd.api.app", "bench.speed"
+        |def f(api, root):
+        |    \"\"\"`worker.runner.run_job` in a docstring stays.\"\"\"
+        |    cmd = [sys.executable, "-m", "cli.main", "worker"]
+        |    target = "uvicorn api.app:app"
+        |    code = "import api.app, sys; assert 'worker.runner' not in sys.modules"
+        |    log = root / "worker.log"
+        |    shown = f"{api.settings.data_dir} via cli.main"
+        |    return cmd, target, code, log, shown, "unlearnd.api.app", "bench.speed"
         """
     )
     assert '"-m", "unlearnd.cli.main", "worker"' in got
@@ -83,23 +88,23 @@ def test_a_name_that_is_both_the_package_and_something_else_is_reported():
     with pytest.raises(tool.RewriteError, match="both"):
         rewrite(
             """
-            import core.pipeline
-            core = None
-            core.pipeline.run_forget()
+            |import core.pipeline
+            |core = None
+            |core.pipeline.run_forget()
             """
         )
 
 
 def test_command_lines_in_deployment_and_docs():
-    text = textwrap.dedent(
+    text = margin(
         """
-        CMD ["sh", "-c", "alembic upgrade head && exec uvicorn api.app:app --host 0.0.0.0"]
-        RUN python -c "import api.app, sys"
-        celery -A worker.celery_app worker -Q gpu
-        python -m cli.main demo
-        python -m bench.speed --quick
-        from core.config import UnlearnConfig
-        jobs import core (and torch) inside the worker thread; see `worker.runner.run_job`.
+        |CMD ["sh", "-c", "alembic upgrade head && exec uvicorn api.app:app --host 0.0.0.0"]
+        |RUN python -c "import api.app, sys"
+        |celery -A worker.celery_app worker -Q gpu
+        |python -m cli.main demo
+        |python -m bench.speed --quick
+        |from core.config import UnlearnConfig
+        |jobs import core (and torch) inside the worker thread; see `worker.runner.run_job`.
         """
     )
     got = tool.rewrite_text(text)
