@@ -31,12 +31,12 @@ COPY worker/ worker/
 COPY cli/ cli/
 COPY unlearnd/ unlearnd/
 COPY migrations/ migrations/
-RUN pip install --no-deps . && python -c "import api.app, sys; assert 'torch' not in sys.modules"
+RUN pip install --no-deps . && python -c "import unlearnd.api.app, sys; assert 'torch' not in sys.modules"
 USER unlearnd
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=6 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn api.app:app --host 0.0.0.0 --port 8000 --proxy-headers"]
+CMD ["sh", "-c", "alembic upgrade head && exec uvicorn unlearnd.api.app:app --host 0.0.0.0 --port 8000 --proxy-headers"]
 
 # --- worker: the full project, torch included ------------------------------------------------------------
 FROM base AS worker

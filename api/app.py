@@ -13,16 +13,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import certificates, chain_head, idempotency, security
-from api.console import routes as console
-from api.db import read_only_factory, transaction, upgrade_to_head
-from api.errors import ERROR_RESPONSES, install_error_handlers
-from api.guard import RequestGuard
-from api.ratelimit import RateLimiter
-from api.routers import adapters, audits, forget_requests, health, jobs, keys, models
-from api.settings import Settings
-from worker.dispatch import build_dispatcher
-from worker.runtime import Runtime
+from unlearnd.api import certificates, chain_head, idempotency, security
+from unlearnd.api.console import routes as console
+from unlearnd.api.db import read_only_factory, transaction, upgrade_to_head
+from unlearnd.api.errors import ERROR_RESPONSES, install_error_handlers
+from unlearnd.api.guard import RequestGuard
+from unlearnd.api.ratelimit import RateLimiter
+from unlearnd.api.routers import adapters, audits, forget_requests, health, jobs, keys, models
+from unlearnd.api.settings import Settings
+from unlearnd.worker.dispatch import build_dispatcher
+from unlearnd.worker.runtime import Runtime
 
 log = logging.getLogger("unlearnd.api")
 

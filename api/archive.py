@@ -11,7 +11,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from core.hashing import file_sha256
+from unlearnd.core.hashing import file_sha256
 
 
 def pack_dir(src: Path, dest: Path) -> tuple[str, int]:

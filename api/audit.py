@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from api import chain_head
-from api.certificates import CertificateError
-from api.models import AuditRecord, new_id
+from unlearnd.api import chain_head
+from unlearnd.api.certificates import CertificateError
+from unlearnd.api.models import AuditRecord, new_id
 
 GENESIS_HASH = "0" * 64
 # Every stored column but `hash` itself enters the hash.

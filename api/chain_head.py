@@ -21,8 +21,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.orm import Session
 
-from api import certificates
-from api.models import AuditHead, utcnow
+from unlearnd.api import certificates
+from unlearnd.api.models import AuditHead, utcnow
 
 FORMAT = "unlearnd-chain-head/1"
 SIGNING_KEY = "unlearnd_audit_signing_key"  # session.info key of the Ed25519 private key

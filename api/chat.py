@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from api import model_sources
-from api.errors import ChatTemplateMissing
-from api.settings import Settings
-from core.chat import directory_has_chat_template
-from core.records import Record
+from unlearnd.api import model_sources
+from unlearnd.api.errors import ChatTemplateMissing
+from unlearnd.api.settings import Settings
+from unlearnd.core.chat import directory_has_chat_template
+from unlearnd.core.records import Record
 
 
 def check_chat_records(settings: Settings, source: str, records: Iterable[Record]) -> None:

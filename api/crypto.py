@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 _VERSION = b"\x01"
 

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.chain_head import SIGNING_KEY
-from api.settings import Settings
+from unlearnd.api.chain_head import SIGNING_KEY
+from unlearnd.api.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -12,13 +12,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api import security
-from api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
-from api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
-from api.ratelimit import RateLimiter, retry_after_header
-from api.schemas import ID_PATTERN
-from api.settings import Settings
-from worker.dispatch import Dispatcher
+from unlearnd.api import security
+from unlearnd.api.errors import InsufficientScope, NotFound, RateLimited, Unauthorized
+from unlearnd.api.models import AdapterVersion, ApiKey, AuditRecord, BaseModel, ForgetRequest, Job
+from unlearnd.api.ratelimit import RateLimiter, retry_after_header
+from unlearnd.api.schemas import ID_PATTERN
+from unlearnd.api.settings import Settings
+from unlearnd.worker.dispatch import Dispatcher
 
 M = TypeVar("M")
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api import limits, schemas, security
-from api.chat import check_chat_records
-from api.crypto import encrypt_payload
-from api.errors import HoldoutRequired, InvalidConfig, NotFound
-from api.models import QUEUED, ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
-from api.settings import Settings
-from core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, UnlearnConfig
-from core.errors import InvalidInput
+from unlearnd.api import limits, schemas, security
+from unlearnd.api.chat import check_chat_records
+from unlearnd.api.crypto import encrypt_payload
+from unlearnd.api.errors import HoldoutRequired, InvalidConfig, NotFound
+from unlearnd.api.models import QUEUED, ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
+from unlearnd.api.settings import Settings
+from unlearnd.core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, UnlearnConfig
+from unlearnd.core.errors import InvalidInput
 
 
 def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:

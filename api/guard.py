@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import idempotency
-from api.errors import PayloadTooLarge, RequestTimeout, error_body
+from unlearnd.api import idempotency
+from unlearnd.api.errors import PayloadTooLarge, RequestTimeout, error_body
 
 _BODYLESS = ("GET", "HEAD", "OPTIONS")
 

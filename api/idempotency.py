@@ -27,11 +27,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import transaction
-from api.deps import AppSettings, Caller, DbSession
-from api.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
-from api.models import IdempotencyKey, utcnow
-from api.settings import Settings
+from unlearnd.api.db import transaction
+from unlearnd.api.deps import AppSettings, Caller, DbSession
+from unlearnd.api.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
+from unlearnd.api.models import IdempotencyKey, utcnow
+from unlearnd.api.settings import Settings
 
 SCOPE_KEY = "unlearnd.idempotency"
 IN_FLIGHT, COMPLETED = "in_flight", "completed"

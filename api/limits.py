@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from api import schemas
-from api.errors import LimitExceeded
-from api.settings import Settings
+from unlearnd.api import schemas
+from unlearnd.api.errors import LimitExceeded
+from unlearnd.api.settings import Settings
 
 
 def _chars(record: schemas.RecordIn) -> int:

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Literal
 
-from api.errors import InvalidCursor
+from unlearnd.api.errors import InvalidCursor
 
 MAX_CURSOR_CHARS = 256
 MAX_POSITION = 2**31 - 1  # the INTEGER columns cursors point into (seq, version, event id)

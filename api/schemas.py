@@ -12,9 +12,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.config import ADAPTER_INITS, METHODS
-from core.errors import InvalidInput
-from core.records import ROLES, Message, Record
+from unlearnd.core.config import ADAPTER_INITS, METHODS
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.records import ROLES, Message, Record
 
 T = TypeVar("T")
 

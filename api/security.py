@@ -15,9 +15,9 @@ import secrets
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Tenant, utcnow
-from api.settings import Settings
-from core.records import Record
+from unlearnd.api.models import ApiKey, Tenant, utcnow
+from unlearnd.api.settings import Settings
+from unlearnd.core.records import Record
 
 ALL_SCOPES = ("models:admin", "requests:write", "requests:read", "adapters:read", "audit:read")
 DEFAULT_TENANT = "default"

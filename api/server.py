@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 
 class ServerThread:
@@ -15,7 +15,7 @@ class ServerThread:
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
 
-        from api.app import create_app
+        from unlearnd.api.app import create_app
 
         self.app = create_app(settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level=log_level))
@@ -53,6 +53,6 @@ class ServerThread:
 def serve_forever(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from unlearnd.api.app import create_app
 
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

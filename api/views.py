@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session
 
-from api import schemas
-from api.models import (
+from unlearnd.api import schemas
+from unlearnd.api.models import (
     FINAL_STATUSES,
     AdapterVersion,
     AuditRecord,

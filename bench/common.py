@@ -18,7 +18,7 @@ CACHE = ROOT / ".cache" / "worlds"
 
 def pii_world(quick: bool):
     """The default demo world (cached), or the CI-sized one for --quick."""
-    from core.worlds.pii import WorldSpec, build_world, tiny_spec
+    from unlearnd.core.worlds.pii import WorldSpec, build_world, tiny_spec
 
     spec = tiny_spec() if quick else WorldSpec()
     return build_world(CACHE / f"pii-{spec.key()}", spec, log=lambda m: print(m, file=sys.stderr))

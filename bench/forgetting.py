@@ -37,8 +37,8 @@ FRESH_PEOPLE = 50
 
 def fresh_people(world, n: int, seed: int = 12345) -> list:
     """Never-seen people of the world's distribution that are in none of its files (names included)."""
-    from core.records import Record
-    from core.worlds.pii import make_people
+    from unlearnd.core.records import Record
+    from unlearnd.core.worlds.pii import make_people
 
     used = {r.text.split(" was born")[0] for r in world.forget + world.retain + world.holdout}
     people = make_people(n + len(used) + 50, random.Random(seed))
@@ -50,10 +50,10 @@ def run(quick: bool, seeds: int, sizes: list[int], max_steps: int, grid: list | 
     import tempfile
     from pathlib import Path
 
-    from core.config import UnlearnConfig
-    from core.modeling import load_model
-    from core.pipeline import run_forget
-    from core.records import read_records
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.pipeline import run_forget
+    from unlearnd.core.records import read_records
 
     world = pii_world(quick)
     loaded = load_model(world.model_dir)
@@ -104,9 +104,9 @@ def _outside_scores(loaded, adapter_dir, forget, fresh, generic) -> dict:
     import torch
     from peft import PeftModel
 
-    from core.data import encode_set
-    from core.metrics import evaluate_set
-    from core.stats import compare
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import evaluate_set
+    from unlearnd.core.stats import compare
 
     model = PeftModel.from_pretrained(loaded.model, str(adapter_dir)) if adapter_dir else loaded.model
     try:

@@ -91,11 +91,11 @@ def run(out_dir: Path, dry_run: bool, budget: float, junit: Path | None, tests_r
         "targets": TARGETS,
         "tests": tests_summary(junit, tests_rc),
         "protocol": {
-            "job": "core.pipeline.run_forget, ihl + fila, rank 8, defaults, no holdout: a fixed step count",
+            "job": "unlearnd.core.pipeline.run_forget, ihl + fila, rank 8, defaults, no holdout: a fixed step count",
             "steps": steps,
             "forget_records": forget_sizes,
             "retain_records": scale.RETAIN_RECORDS,
-            "efficiency": f"core.unlearn.train, {eff_batch} forget + {eff_batch} retain rows, plain LoRA",
+            "efficiency": f"unlearnd.core.unlearn.train, {eff_batch} forget + {eff_batch} retain rows, plain LoRA",
         },
         "sizes": [],
     }

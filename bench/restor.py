@@ -32,7 +32,7 @@ CORRUPT = {"lr": 1e-3, "batch": 16, "replay": 16, "check_every": 10, "max_steps"
 
 
 def world_of(quick: bool, seed: int):
-    from core.worlds.facts import make_facts_world
+    from unlearnd.core.worlds.facts import make_facts_world
 
     return make_facts_world(16 if quick else 60, corrupted_share=0.25, seed=seed)
 
@@ -42,8 +42,8 @@ def clean_model(quick: bool, seed: int, small: bool = False):
     questions; returns (dir, world, training summary). `small` keeps the full world but the CI-sized model."""
     import json
 
-    from core.worlds.facts import train_clean_model
-    from core.worlds.pii import WorldSpec, tiny_spec
+    from unlearnd.core.worlds.facts import train_clean_model
+    from unlearnd.core.worlds.pii import WorldSpec, tiny_spec
 
     world = world_of(quick, seed)
     base = tiny_spec().lm if quick or small else WorldSpec().lm
@@ -68,7 +68,7 @@ class Probes:
 
     def scores(self, model, tok, device) -> dict:
         """Greedy-answer accuracy and mean teacher-forced answer probability (geometric mean per token)."""
-        from core.metrics import probe_accuracy
+        from unlearnd.core.metrics import probe_accuracy
 
         t = probe_accuracy(model, tok, self.true, device)
         w = probe_accuracy(model, tok, self.injected, device)
@@ -89,10 +89,10 @@ def corrupt(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes,
     fine-tune overwrote the untouched entities as well (0.2–0.4 of their answers left, README)."""
     import torch
 
-    from core.data import encode_set
-    from core.metrics import probe_accuracy
-    from core.modeling import load_model
-    from core.records import Record
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import probe_accuracy
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.records import Record
 
     loaded = load_model(clean_dir)
     model, tok = loaded.model, loaded.tokenizer
@@ -134,10 +134,10 @@ def run(
     small: bool = False,
     max_steps: int = 40,
 ) -> dict:
-    from core.config import UnlearnConfig
-    from core.modeling import load_model
-    from core.pipeline import run_forget
-    from core.records import Record
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.pipeline import run_forget
+    from unlearnd.core.records import Record
 
     grid = grid or (QUICK_GRID if quick else DEFAULT_GRID)
     rows, baselines = [], []

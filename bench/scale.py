@@ -62,9 +62,9 @@ class Corpus:
 def corpus(n_records: int, seed: int = 0) -> Corpus:
     """Synthetic PII records (a person's record and one generic sentence) and a byte-level BPE tokenizer of
     2,048 tokens trained on them: a model's larger vocabulary costs its LM head and softmax all the same."""
-    from core.records import Record
-    from core.worlds.pii import make_generic, make_people
-    from core.worlds.tokenizer import train_tokenizer
+    from unlearnd.core.records import Record
+    from unlearnd.core.worlds.pii import make_generic, make_people
+    from unlearnd.core.worlds.tokenizer import train_tokenizer
 
     rng = random.Random(seed)
     people = make_people(n_records, rng)
@@ -73,7 +73,7 @@ def corpus(n_records: int, seed: int = 0) -> Corpus:
 
 
 def llama_config(size: str, tokenizer):
-    from core.worlds.families import Shape, family_config
+    from unlearnd.core.worlds.families import Shape, family_config
 
     hidden, layers, heads, kv_heads, intermediate, vocab, tied = SIZES[size]
     shape = Shape(hidden, layers, heads, kv_heads, intermediate, max_positions=4096, tie_embeddings=tied)
@@ -87,8 +87,8 @@ def build(size: str, tokenizer, device):
     the pipeline takes like any loaded checkpoint."""
     import torch
 
-    from core.modeling import LoadedModel, weights_dtype
-    from core.worlds.families import parameter_count, random_model
+    from unlearnd.core.modeling import LoadedModel, weights_dtype
+    from unlearnd.core.worlds.families import parameter_count, random_model
 
     model = random_model(llama_config(size, tokenizer), dtype=weights_dtype(device), device=device)
     for p in model.parameters():
@@ -192,7 +192,7 @@ class StepCounter:
 
 def step_flops(model, n_lora: int, shapes: list[tuple[int, int]]) -> float:
     """`4·N_mm·tokens + 6·N_lora·tokens + 3·attention` for one step's forwards (see bench/speed.py)."""
-    from core.modeling import is_target_layer
+    from unlearnd.core.modeling import is_target_layer
 
     cfg = model.config
     n_mm = sum(m.weight.numel() for name, m in model.named_modules() if is_target_layer(m) and "lora_" not in name)
@@ -203,8 +203,8 @@ def step_flops(model, n_lora: int, shapes: list[tuple[int, int]]) -> float:
 
 def job_row(loaded, corpus_: Corpus, n_forget: int, steps: int, peak_gflops: float, out_dir: Path) -> dict:
     """One forget request on the loaded model: seconds per phase, peak memory, the step's efficiency."""
-    from core.config import UnlearnConfig
-    from core.pipeline import run_forget
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.pipeline import run_forget
 
     device = loaded.device
     forget = corpus_.records[:n_forget]
@@ -278,10 +278,10 @@ def _phases(marks: list[tuple[str, int, float]], started: float, ended: float) -
 def efficiency_row(loaded, corpus_: Corpus, batch: int, steps: int, peak_gflops: float) -> dict:
     """The unlearning step alone at `batch` forget + `batch` retain rows (plain LoRA: the step has FILA's
     shape), without stopping checks: what the loop reaches when its batch is large enough to fill the GPU."""
-    from core.config import UnlearnConfig
-    from core.data import encode_set
-    from core.modeling import default_target_modules, find_targets
-    from core.unlearn import prepare, train
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.modeling import default_target_modules, find_targets
+    from unlearnd.core.unlearn import prepare, train
 
     device = loaded.device
     model = loaded.model
@@ -391,7 +391,7 @@ def main() -> None:
 
     import torch
 
-    from core.device import pick_device
+    from unlearnd.core.device import pick_device
 
     device = pick_device(args.device)
     forget_sizes = tuple(int(x) for x in args.forget.split(","))

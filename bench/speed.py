@@ -188,7 +188,7 @@ FLOP_FORMULA = (
 
 def _matmul_params(model) -> tuple[int, int, int, int, int]:
     """(N_mm, layers, hidden, vocab, heads) of a base causal LM: Linear/Conv1D weights incl. the LM head."""
-    from core.modeling import is_target_layer
+    from unlearnd.core.modeling import is_target_layer
 
     n_mm = sum(m.weight.numel() for _, m in model.named_modules() if is_target_layer(m))
     cfg = model.config
@@ -201,7 +201,7 @@ def _matmul_params(model) -> tuple[int, int, int, int, int]:
 def _random_model(tokenizer, layers: int, hidden: int, heads: int):
     import torch
 
-    from core.worlds.lm import LMSpec, gpt_neo
+    from unlearnd.core.worlds.lm import LMSpec, gpt_neo
 
     torch.manual_seed(0)
     model = gpt_neo(tokenizer, LMSpec(layers=layers, hidden=hidden, heads=heads)).eval()
@@ -214,10 +214,10 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
     """Time the steps of core.unlearn.train (adapt with plain LoRA: the step is the same shape as FILA's)."""
     import torch
 
-    from core.config import UnlearnConfig
-    from core.data import encode_set
-    from core.modeling import default_target_modules, find_targets
-    from core.unlearn import adapt, train
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.modeling import default_target_modules, find_targets
+    from unlearnd.core.unlearn import adapt, train
 
     trained = world.forget + world.retain
     n_forget = max(sizes["loop_batches"]) * 2
@@ -316,28 +316,28 @@ def loop_efficiency(sizes: dict, world, loaded, peak_gflops: float) -> dict:
 
 # ---------------------------------------------------------------- 3. phase breakdown of one job (bare core)
 def _job_targets():
-    import core.export
-    import core.fila
-    import core.metrics
-    import core.pipeline
-    import core.unlearn
+    import unlearnd.core.export
+    import unlearnd.core.fila
+    import unlearnd.core.metrics
+    import unlearnd.core.pipeline
+    import unlearnd.core.unlearn
 
     return [
-        (core.pipeline, "encode_sets", "tokenise"),
-        (core.pipeline, "measure", "evaluate (before+after)"),
-        (core.unlearn, "diagonal_fisher", "fisher"),
-        (core.unlearn, "fila_factors", "fila svd"),
-        (core.pipeline, "adapt", "adapt (before commit 6c41f99)"),
-        (core.pipeline, "prepare", "peft wrap"),
-        (core.pipeline, "init_fila", "fila init (fisher+svd)"),
-        (core.unlearn, "evaluate_set", "stopping checks (in loop)"),
-        (core.pipeline, "train", "train (steps+checks)"),
-        (core.metrics, "greedy_continue", "greedy decode (all evals)"),
-        (core.metrics, "min_k_from_logprobs", "min-k (all evals)"),
-        (core.pipeline, "write_adapter", "write adapter"),
-        (core.pipeline, "_logits", "export logits"),
-        (core.pipeline, "verify_export", "verify export (peft load)"),
-        (core.pipeline, "run_forget", "run_forget"),
+        (unlearnd.core.pipeline, "encode_sets", "tokenise"),
+        (unlearnd.core.pipeline, "measure", "evaluate (before+after)"),
+        (unlearnd.core.unlearn, "diagonal_fisher", "fisher"),
+        (unlearnd.core.unlearn, "fila_factors", "fila svd"),
+        (unlearnd.core.pipeline, "adapt", "adapt (before commit 6c41f99)"),
+        (unlearnd.core.pipeline, "prepare", "peft wrap"),
+        (unlearnd.core.pipeline, "init_fila", "fila init (fisher+svd)"),
+        (unlearnd.core.unlearn, "evaluate_set", "stopping checks (in loop)"),
+        (unlearnd.core.pipeline, "train", "train (steps+checks)"),
+        (unlearnd.core.metrics, "greedy_continue", "greedy decode (all evals)"),
+        (unlearnd.core.metrics, "min_k_from_logprobs", "min-k (all evals)"),
+        (unlearnd.core.pipeline, "write_adapter", "write adapter"),
+        (unlearnd.core.pipeline, "_logits", "export logits"),
+        (unlearnd.core.pipeline, "verify_export", "verify export (peft load)"),
+        (unlearnd.core.pipeline, "run_forget", "run_forget"),
     ]
 
 
@@ -351,8 +351,8 @@ def _first(timers: Timers, label: str) -> float:
 def job_breakdown(world, config_kw: dict) -> dict:
     """Load the model (fingerprint + from_pretrained) and run one instrumented run_forget on the world."""
 
-    from core.config import UnlearnConfig
-    from core.modeling import load_model, weights_fingerprint
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.modeling import load_model, weights_fingerprint
 
     t0 = time.perf_counter()
     weights_fingerprint(world.model_dir)
@@ -369,9 +369,9 @@ def job_breakdown(world, config_kw: dict) -> dict:
 
     config = UnlearnConfig(**config_kw)
     with patched(timers, _job_targets()), tempfile.TemporaryDirectory() as tmp:
-        import core.pipeline
+        import unlearnd.core.pipeline
 
-        result = core.pipeline.run_forget(
+        result = unlearnd.core.pipeline.run_forget(
             loaded, world.forget, world.retain, world.holdout, config, out_dir=Path(tmp) / "a", progress=progress
         )
     s = timers.seconds
@@ -440,14 +440,14 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
     already forgotten: no version), model B = same weights registered again (hit, like job 1)."""
     import httpx
 
-    import api.blobs
-    import core.pipeline
-    import worker.reporter
-    import worker.runner
-    from api.server import ServerThread
-    from api.settings import Settings
+    import unlearnd.api.blobs
+    import unlearnd.core.pipeline
+    import unlearnd.worker.reporter
+    import unlearnd.worker.runner
     from bench.common import wait_for_request
-    from worker.model_cache import model_cache
+    from unlearnd.api.server import ServerThread
+    from unlearnd.api.settings import Settings
+    from unlearnd.worker.model_cache import model_cache
 
     settings = Settings(
         data_dir=data_dir,
@@ -464,11 +464,11 @@ def service_run(world, config_kw: dict, bare_seconds: list[float], data_dir: Pat
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {BENCH_KEY}"}, timeout=60)
     timers = Timers()
     targets = [
-        (core.pipeline, "run_forget", "run_forget"),
-        (worker.runner, "pack_dir", "pack tar.gz"),
-        (api.blobs.BlobStore, "put", "blob put"),
-        (worker.runner, "publish", "publish (version+audit tx)"),
-        (worker.reporter.JobReporter, "_write", "progress DB writes"),
+        (unlearnd.core.pipeline, "run_forget", "run_forget"),
+        (unlearnd.worker.runner, "pack_dir", "pack tar.gz"),
+        (unlearnd.api.blobs.BlobStore, "put", "blob put"),
+        (unlearnd.worker.runner, "publish", "publish (version+audit tx)"),
+        (unlearnd.worker.reporter.JobReporter, "_write", "progress DB writes"),
     ]
     jobs = []
     try:
@@ -578,8 +578,8 @@ def _epoch(iso: str) -> float:
 
 
 def _bare_run_forget(world, loaded, config_kw: dict, tmp: Path) -> float:
-    from core.config import UnlearnConfig
-    from core.pipeline import run_forget
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.pipeline import run_forget
 
     t0 = time.perf_counter()
     run_forget(loaded, world.forget, world.retain, world.holdout, UnlearnConfig(**config_kw), out_dir=tmp / "bare2")
@@ -600,10 +600,10 @@ def _overheads(svc: dict, bare_seconds: list[float]) -> dict:
 def peer_route(world, loaded, config_kw: dict, out_tmp: Path) -> dict:
     import torch
 
-    from core.config import UnlearnConfig
-    from core.modeling import default_target_modules, find_targets
-    from core.pipeline import encode_sets
-    from core.unlearn import adapt, train
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.modeling import default_target_modules, find_targets
+    from unlearnd.core.pipeline import encode_sets
+    from unlearnd.core.unlearn import adapt, train
 
     device = torch.device("cpu")
     model, tok = loaded.model, loaded.tokenizer
@@ -662,8 +662,8 @@ def _trainer_route(model, sets, cfg, targets, out_tmp: Path, device) -> dict:
     from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from core import lora
-    from core.losses import inverted_hinge_loss, nll
+    from unlearnd.core import lora
+    from unlearnd.core.losses import inverted_hinge_loss, nll
 
     class Indices(Dataset):
         def __init__(self, n: int) -> None:
@@ -900,7 +900,7 @@ def thread_probe(mode: str, repeats: int) -> dict:
     """One probe, in a fresh process (`--thread-probe`): torch's OpenMP teams are per calling thread."""
     import torch
 
-    from core.device import in_own_thread
+    from unlearnd.core.device import in_own_thread
 
     def measure() -> dict:
         return {"peak_gflops": matmul_peak(repeats)["gflops_median"], "mm256_us": _small_mm_us()}
@@ -942,7 +942,7 @@ def run(quick: bool, sections: tuple[str, ...] = SECTIONS, out_tmp: Path | None 
 
 
 def _run(quick: bool, sections: tuple[str, ...], out_tmp: Path | None) -> dict:
-    from core.device import in_own_thread
+    from unlearnd.core.device import in_own_thread
 
     sizes = QUICK if quick else FULL
     t_import = time.perf_counter()

@@ -30,11 +30,11 @@ def sequential(world, requests: int, per_request: int, quick: bool) -> dict:
     import torch
     from peft import PeftModel
 
-    from core.config import UnlearnConfig
-    from core.data import encode_set
-    from core.metrics import evaluate_set
-    from core.modeling import load_model
-    from core.pipeline import run_forget
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import evaluate_set
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.pipeline import run_forget
 
     loaded = load_model(world.model_dir)
     trained = world.forget + world.retain
@@ -115,9 +115,9 @@ def burst(world, size: int, per_request: int, work: Path) -> dict:
     """One request alone, then `size` requests at once on a fresh registration of the same weights."""
     import httpx
 
-    from api.server import ServerThread
-    from api.settings import Settings
     from bench.common import wait_for_request
+    from unlearnd.api.server import ServerThread
+    from unlearnd.api.settings import Settings
 
     settings = Settings(
         data_dir=work,
@@ -186,7 +186,7 @@ def burst(world, size: int, per_request: int, work: Path) -> dict:
 
 
 def run(quick: bool, requests: int, per_request: int, burst_size: int) -> dict:
-    from core.device import in_own_thread
+    from unlearnd.core.device import in_own_thread
 
     world = pii_world(quick)
     result = {

@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from api.report import evidence
-from api.report.evidence import fmt
+from unlearnd.api.report import evidence
+from unlearnd.api.report.evidence import fmt
 
 ID_WIDTH = 36  # `aud_` / `req_` + 32 hex digits (api/models.new_id)
 

@@ -37,8 +37,8 @@ def demo_model(
     a tiny Llama with a chat template, on conversations)."""
     from dataclasses import replace
 
-    from core.worlds.chat import ChatWorldSpec, build_chat_world
-    from core.worlds.pii import WorldSpec, build_world, tiny_spec
+    from unlearnd.core.worlds.chat import ChatWorldSpec, build_chat_world
+    from unlearnd.core.worlds.pii import WorldSpec, build_world, tiny_spec
 
     defaults = ChatWorldSpec() if chat else WorldSpec()
     people = defaults.people if people is None else people
@@ -81,9 +81,9 @@ def unlearn(
     previous: Annotated[Path | None, typer.Option(help="Adapter this one builds on (cumulative).")] = None,
 ) -> None:
     """Unlearn the forget records from a model and write a PEFT LoRA adapter plus report.json."""
-    from core.config import UnlearnConfig
-    from core.errors import CoreError
-    from core.records import read_records
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.errors import CoreError
+    from unlearnd.core.records import read_records
 
     try:
         config = UnlearnConfig(
@@ -100,8 +100,8 @@ def unlearn(
             _fail(f"{forget}: the forget set is empty")
         retain_records = read_records(retain) if retain else []
         holdout_records = read_records(holdout) if holdout else []
-        from core.modeling import load_model
-        from core.pipeline import run_forget
+        from unlearnd.core.modeling import load_model
+        from unlearnd.core.pipeline import run_forget
 
         loaded = load_model(model)
         result = run_forget(
@@ -126,7 +126,7 @@ def unlearn(
 
 
 def _console_progress():
-    from cli.output import console as make_console
+    from unlearnd.cli.output import console as make_console
 
     console = make_console(stderr=True)
     last = {"phase": None}
@@ -148,8 +148,8 @@ def _console_progress():
 
 def _print_summary(report: dict) -> None:
     """The run as the audit would show it (cli/audit_view.print_audit), from the local report."""
-    from cli.audit_view import print_audit
-    from cli.output import console
+    from unlearnd.cli.audit_view import print_audit
+    from unlearnd.cli.output import console
 
     audit = {
         "id": "local run",

@@ -30,23 +30,23 @@ def demo(
     """The whole product in one command: build the demo model, start the service, forget 10 people over
     HTTP, verify the adapter, explain the audit. Exit 0 only if the verdict is `forgotten` (or
     `not_memorised`: the model never knew them)."""
-    from cli.output import quiet_libraries
+    from unlearnd.cli.output import quiet_libraries
 
     quiet_libraries()
     import secrets
     import shutil
     import tempfile
 
-    from api.server import ServerThread
-    from api.settings import Settings
-    from cli.audit_view import print_audit
-    from cli.output import console as make_console
-    from cli.output import section
-    from cli.progress import follow
-    from cli.service_cmds import _call, _read_records
-    from core.device import in_own_thread
-    from core.worlds.pii import WorldSpec, build_world, tiny_spec
     from unlearnd import Client
+    from unlearnd.api.server import ServerThread
+    from unlearnd.api.settings import Settings
+    from unlearnd.cli.audit_view import print_audit
+    from unlearnd.cli.output import console as make_console
+    from unlearnd.cli.output import section
+    from unlearnd.cli.progress import follow
+    from unlearnd.cli.service_cmds import _call, _read_records
+    from unlearnd.core.device import in_own_thread
+    from unlearnd.core.worlds.pii import WorldSpec, build_world, tiny_spec
 
     console = make_console()
     spec = tiny_spec() if quick else WorldSpec()
@@ -116,8 +116,8 @@ def demo(
 
 def _save_results(client: Any, audit: dict, out: Path) -> list[tuple[str, Path]]:
     """The unlearning curve as PNG and the evidence report, beside the adapter."""
-    from api.report import plots
-    from cli.service_cmds import _call
+    from unlearnd.api.report import plots
+    from unlearnd.cli.service_cmds import _call
 
     files = []
     if (out / "adapter").is_dir():

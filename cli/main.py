@@ -6,14 +6,14 @@ the HTTP client commands start fast.
 
 from __future__ import annotations
 
-from cli import core_cmds
-from cli.help import App
+from unlearnd.cli import core_cmds
+from unlearnd.cli.help import App
 
 app = App(help="unlearnd: machine unlearning as a service.")
 core_cmds.register(app)
 
 try:  # service and client commands (api/, worker/) register themselves when present
-    from cli import service_cmds
+    from unlearnd.cli import service_cmds
 except ImportError:  # pragma: no cover - only while the service package is absent
     service_cmds = None
 if service_cmds is not None:

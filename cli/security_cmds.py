@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cli.help import App
-from cli.service_cmds import KeyOpt, UrlOpt, _call, _client, keys_app, server_database
+from unlearnd.cli.help import App
+from unlearnd.cli.service_cmds import KeyOpt, UrlOpt, _call, _client, keys_app, server_database
 
 certificate_app = App(help="Signed unlearning certificates: fetch and verify.")
 
@@ -25,8 +25,8 @@ def keys_revoke(
     prefix: Annotated[str, typer.Argument(help="The key's visible prefix (uk_…), see `keys list`.")],
 ) -> None:
     """Revoke an API key: from its next request on it answers 401."""
-    from api.db import transaction
-    from api.security import revoke_api_key
+    from unlearnd.api.db import transaction
+    from unlearnd.api.security import revoke_api_key
 
     engine, sessions = _sessions()
     try:
@@ -46,8 +46,8 @@ def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant'
     """Keys by prefix (never the secret): tenant, scopes, created, revoked."""
     from sqlalchemy import select
 
-    from api.db import transaction
-    from api.models import ApiKey, Tenant
+    from unlearnd.api.db import transaction
+    from unlearnd.api.models import ApiKey, Tenant
 
     engine, sessions = _sessions()
     try:
@@ -108,7 +108,7 @@ def certificate_verify(
 ) -> None:
     """Verify a certificate offline: the Ed25519 signature, the audit chain hash it carries, and optionally
     that your records hash to its record hashes. Exit 0 if valid, 1 if not."""
-    from api import certificates
+    from unlearnd.api import certificates
 
     if public_key is None:
         typer.echo("error: --public-key is required (save GET /v1/keys/audit-public once)", err=True)
@@ -130,9 +130,9 @@ def certificate_verify(
 
 
 def _check_records(doc: dict, path: Path) -> None:
-    from api import certificates
-    from api.security import record_hash
-    from core.records import read_records
+    from unlearnd.api import certificates
+    from unlearnd.api.security import record_hash
+    from unlearnd.core.records import read_records
 
     salt = doc.get("record_salt")
     if not salt:

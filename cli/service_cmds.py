@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.help import App
+from unlearnd.cli.help import App
 
 keys_app = App(help="API keys (direct database access, on the server host).")
 models_app = App(help="Register and list base models.")
@@ -52,8 +52,8 @@ def _print_json(data: Any) -> None:
 
 
 def _read_records(path: Path) -> list[dict]:
-    from core.errors import InvalidInput
-    from core.records import read_records
+    from unlearnd.core.errors import InvalidInput
+    from unlearnd.core.records import read_records
 
     try:
         return [r.to_dict() for r in read_records(path)]
@@ -70,11 +70,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default UNLEARND_PORT or 8000).")] = None,
 ) -> None:
     """Run the API with its embedded thread dispatcher (or the one UNLEARND_DISPATCHER names)."""
-    from cli.output import quiet_libraries
+    from unlearnd.cli.output import quiet_libraries
 
     quiet_libraries()
-    from api.server import serve_forever
-    from api.settings import Settings
+    from unlearnd.api.server import serve_forever
+    from unlearnd.api.settings import Settings
 
     settings = Settings()
     serve_forever(settings, host or settings.host, port if port is not None else settings.port)
@@ -106,7 +106,7 @@ def worker(
         owned = len(gpu.split(","))
         if owned > 1:  # the visible GPUs are renumbered 0..n-1 inside the process
             os.environ["UNLEARND_WORKER_GPUS"] = ",".join(str(i) for i in range(owned))
-    from worker.celery_app import worker_app
+    from unlearnd.worker.celery_app import worker_app
 
     app = worker_app()
     argv = ["worker", "-Q", queues or app.conf.task_default_queue, "-P", pool, "-c", str(concurrency), "-l", loglevel]
@@ -129,8 +129,8 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key in the configured database and print it (it is shown only once)."""
-    from api.db import transaction
-    from api.security import create_api_key, parse_scopes
+    from unlearnd.api.db import transaction
+    from unlearnd.api.security import create_api_key, parse_scopes
 
     try:
         chosen = parse_scopes(scopes)
@@ -156,8 +156,8 @@ def server_database() -> tuple[Any, Any, Any, str]:
     as `UNLEARND_*` name it. Exits 2 unless it exists and the server created it: run elsewhere (another
     directory, without the server's `UNLEARND_DATA_DIR`), these commands would otherwise make a new empty
     database, and a key created there is one the server rejects."""
-    from api.db import DatabaseMissing, make_engine, make_session_factory, require_initialised, upgrade_to_head
-    from api.settings import Settings
+    from unlearnd.api.db import DatabaseMissing, make_engine, make_session_factory, require_initialised, upgrade_to_head
+    from unlearnd.api.settings import Settings
 
     settings = Settings()
     url = settings.resolved_database_url
@@ -245,8 +245,8 @@ def forget_submit(
 
 
 def _watch(client: Any, request_id: str) -> Any:
-    from cli.output import console
-    from cli.progress import follow
+    from unlearnd.cli.output import console
+    from unlearnd.cli.progress import follow
 
     return _call(follow, client, request_id, console())
 
@@ -320,8 +320,8 @@ def audits_list(
     """Audit records, newest first (a table whose ids are never cut; --json for everything)."""
     from itertools import islice
 
-    from cli.audit_view import audit_table
-    from cli.output import console
+    from unlearnd.cli.audit_view import audit_table
+    from unlearnd.cli.output import console
 
     client = _client(url, key)
     rows = _call(
@@ -344,8 +344,8 @@ def audits_show(
     audit_id: Annotated[str, typer.Argument(help="Audit record id (aud_…).")], url: UrlOpt = None, key: KeyOpt = None
 ) -> None:
     """One audit record as evidence: the membership tests, what the model kept, the failed conditions."""
-    from cli.audit_view import print_audit
-    from cli.output import console
+    from unlearnd.cli.audit_view import print_audit
+    from unlearnd.cli.output import console
 
     print_audit(_dump(_call(_client(url, key).audit, audit_id)), console())
 
@@ -410,7 +410,7 @@ def audits_verify(
 
 def _saved_head(path: Path, public_key: Path | None) -> dict:
     """A saved head, its signature checked when a public key is given (exit 1 if it does not verify)."""
-    from api import certificates, chain_head
+    from unlearnd.api import certificates, chain_head
 
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -429,7 +429,7 @@ def _saved_head(path: Path, public_key: Path | None) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    from cli.demo import demo
+    from unlearnd.cli.demo import demo
 
     app.command("serve")(serve)
     app.command("demo")(demo)
@@ -439,6 +439,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(forget_app, name="forget")
     app.add_typer(adapters_app, name="adapters")
     app.add_typer(audits_app, name="audits")
-    from cli import security_cmds  # keys revoke/list, certificate get/verify
+    from unlearnd.cli import security_cmds  # keys revoke/list, certificate get/verify
 
     security_cmds.register(app)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.data import IGNORE
-from core.stats import auc
+from unlearnd.core.data import IGNORE
+from unlearnd.core.stats import auc
 
 
 @dataclass

@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InvalidInput
-from core.records import Message, Record
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.records import Message, Record
 
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 

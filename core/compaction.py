@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from core import lora
-from core.data import TokenSet, concat
-from core.device import autocast
-from core.export import Component, Delta
-from core.losses import kl_to_reference
+from unlearnd.core import lora
+from unlearnd.core.data import TokenSet, concat
+from unlearnd.core.device import autocast
+from unlearnd.core.export import Component, Delta
+from unlearnd.core.losses import kl_to_reference
 
 COMPACT = "compact"  # the peft adapter name of the compacted version
 

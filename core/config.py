@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from core.errors import InvalidInput
+from unlearnd.core.errors import InvalidInput
 
 METHODS = ("ihl", "ga", "gd", "kl", "npo", "ctd")
 INITS = ("fila", "lora", "full")

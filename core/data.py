@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.chat import encode_chat, uses_chat_template
-from core.errors import InvalidInput
-from core.records import Record
+from unlearnd.core.chat import encode_chat, uses_chat_template
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.records import Record
 
 IGNORE = -100
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core.errors import InvalidInput
+from unlearnd.core.errors import InvalidInput
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -44,7 +44,7 @@ def rank_of(delta: Delta) -> int:
 
 def exported_rank(delta: Delta) -> int:
     """The rank `write_adapter` writes: `rank_of`, padded up to a rank serving engines accept."""
-    from core.serving import serving_rank
+    from unlearnd.core.serving import serving_rank
 
     return serving_rank(rank_of(delta))
 
@@ -74,7 +74,7 @@ def write_adapter(
     that accept only a few ranks (8, 16, 32, …) load it."""
     from safetensors.torch import save_file
 
-    from core.lora import lora_config
+    from unlearnd.core.lora import lora_config
 
     if not delta:
         raise InvalidInput("nothing to export: the delta has no modules")

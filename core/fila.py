@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from core.data import TokenSet
-from core.device import autocast
-from core.lora import weight_matrix
-from core.losses import token_logprobs
+from unlearnd.core.data import TokenSet
+from unlearnd.core.device import autocast
+from unlearnd.core.lora import weight_matrix
+from unlearnd.core.losses import token_logprobs
 
 EPS = 1e-5
 GRADIENT_BUDGET_BYTES = 256 << 20  # per layer: how much memory per-example gradients may take at once

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from core.calibration import calibrated_logprob_error
-from core.data import IGNORE
+from unlearnd.core.calibration import calibrated_logprob_error
+from unlearnd.core.data import IGNORE
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.data import IGNORE, Encoded, TokenSet, encode_set
-from core.device import autocast
-from core.losses import shift, token_logprobs
-from core.modeling import context_length
-from core.records import Probe, Record
-from core.stats import auc
+from unlearnd.core.data import IGNORE, Encoded, TokenSet, encode_set
+from unlearnd.core.device import autocast
+from unlearnd.core.losses import shift, token_logprobs
+from unlearnd.core.modeling import context_length
+from unlearnd.core.records import Probe, Record
+from unlearnd.core.stats import auc
 
 
 # ---------------------------------------------------------------- pure definitions on tensors and lists

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.device import pick_device
-from core.errors import InvalidInput, ModelLoadError
-from core.hashing import update_from_file
+from unlearnd.core.device import pick_device
+from unlearnd.core.errors import InvalidInput, ModelLoadError
+from unlearnd.core.hashing import update_from_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -120,7 +120,7 @@ def load_model(
         raise ModelLoadError(f"cannot load a causal LM from {source}: {type(e).__name__}: {reason}") from None
     fuse_activations(model)
     if placed:
-        from core.placement import dispatch, input_device, is_dispatched
+        from unlearnd.core.placement import dispatch, input_device, is_dispatched
 
         if not is_dispatched(model):  # every part on one physical device: transformers added no hooks
             dispatch(model, kwargs["device_map"])
@@ -139,7 +139,7 @@ def _plan(source: str | Path, devices: list[str]) -> dict:
     """The device map of `source` across `devices`, planned on a weightless (meta) copy of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from core.placement import plan_device_map
+    from unlearnd.core.placement import plan_device_map
 
     config = AutoConfig.from_pretrained(str(source), local_files_only=True)
     with torch.device("meta"):

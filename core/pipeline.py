@@ -12,19 +12,19 @@ from pathlib import Path
 
 import torch
 
-from core.compaction import compact
-from core.config import UnlearnConfig
-from core.data import TokenSet, concat, encode_set, tensorize
-from core.device import use_precision
-from core.errors import Cancelled, InvalidInput
-from core.export import WEIGHTS_NAME, exported_rank, rank_of, read_adapter, write_adapter
-from core.hashing import file_sha256
-from core.lora import is_conv1d
-from core.losses import OBJECTIVES
-from core.metrics import SetScores, evaluate_set, mia, probe_accuracy
-from core.modeling import LoadedModel, context_length, default_target_modules, find_targets
-from core.records import Probe, Record
-from core.unlearn import (
+from unlearnd.core.compaction import compact
+from unlearnd.core.config import UnlearnConfig
+from unlearnd.core.data import TokenSet, concat, encode_set, tensorize
+from unlearnd.core.device import use_precision
+from unlearnd.core.errors import Cancelled, InvalidInput
+from unlearnd.core.export import WEIGHTS_NAME, exported_rank, rank_of, read_adapter, write_adapter
+from unlearnd.core.hashing import file_sha256
+from unlearnd.core.lora import is_conv1d
+from unlearnd.core.losses import OBJECTIVES
+from unlearnd.core.metrics import SetScores, evaluate_set, mia, probe_accuracy
+from unlearnd.core.modeling import LoadedModel, context_length, default_target_modules, find_targets
+from unlearnd.core.records import Probe, Record
+from unlearnd.core.unlearn import (
     Adapted,
     CancelCheck,
     LoopResult,
@@ -37,7 +37,7 @@ from core.unlearn import (
     prepare,
     train,
 )
-from core.verdict import PUBLISHED, UNVERIFIED, judge, outcome, utility
+from unlearnd.core.verdict import PUBLISHED, UNVERIFIED, judge, outcome, utility
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InvalidInput
+from unlearnd.core.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant")
 

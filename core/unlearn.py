@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core import lora
-from core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, row_profiles, token_levels
-from core.config import Bounds, UnlearnConfig
-from core.data import TokenSet, concat
-from core.device import autocast
-from core.errors import Cancelled, InvalidInput
-from core.export import Component, Delta, rank_of, stacked
-from core.fila import diagonal_fisher, fila_factors, relative_importance
-from core.losses import OBJECTIVES, LossInputs, sequence_logprob, token_logprobs
-from core.metrics import SetScores, evaluate_set, forward_logits
-from core.verdict import Forgetting, Judgement, Utility, judge, scores_pass, utility
+from unlearnd.core import lora
+from unlearnd.core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, row_profiles, token_levels
+from unlearnd.core.config import Bounds, UnlearnConfig
+from unlearnd.core.data import TokenSet, concat
+from unlearnd.core.device import autocast
+from unlearnd.core.errors import Cancelled, InvalidInput
+from unlearnd.core.export import Component, Delta, rank_of, stacked
+from unlearnd.core.fila import diagonal_fisher, fila_factors, relative_importance
+from unlearnd.core.losses import OBJECTIVES, LossInputs, sequence_logprob, token_logprobs
+from unlearnd.core.metrics import SetScores, evaluate_set, forward_logits
+from unlearnd.core.verdict import Forgetting, Judgement, Utility, judge, scores_pass, utility
 
 Progress = Callable[[str, int, int, dict], None]
 CancelCheck = Callable[[], bool]

@@ -25,11 +25,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from core.config import Bounds
-from core.stats import TwoSample, compare, mann_whitney_p, min_two_sided_p
+from unlearnd.core.config import Bounds
+from unlearnd.core.stats import TwoSample, compare, mann_whitney_p, min_two_sided_p
 
 if TYPE_CHECKING:
-    from core.metrics import SetScores
+    from unlearnd.core.metrics import SetScores
 
 SCORES = ("loss", "zlib", "min_k")
 SMALL_SET = 3  # forget sets this small get a note on what the test can show

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
-from api.settings import Settings
+from unlearnd.api.db import make_engine
+from unlearnd.api.models import Base
+from unlearnd.api.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import UnlearnConfig
+from unlearnd.core.config import UnlearnConfig
 
 CACHE = Path(os.environ.get("UNLEARND_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "tests"))
 
@@ -23,7 +23,7 @@ def fast_config(**overrides) -> UnlearnConfig:
 @pytest.fixture(scope="session")
 def tiny_world():
     """The CI-sized PII world (≈ 10 s to build once; reused across runs while its spec is unchanged)."""
-    from core.worlds.pii import build_world, tiny_spec
+    from unlearnd.core.worlds.pii import build_world, tiny_spec
 
     spec = tiny_spec()
     return build_world(CACHE / f"tiny-world-{spec.key()}", spec, log=lambda _m: None)
@@ -32,7 +32,7 @@ def tiny_world():
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_world):
     """The tiny world's model loaded once; run_forget hands it back unchanged, so tests may share it."""
-    from core.modeling import load_model
+    from unlearnd.core.modeling import load_model
 
     return load_model(tiny_world.model_dir, device="cpu")
 
@@ -67,7 +67,7 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_world):
 @pytest.fixture(scope="session")
 def tiny_chat_world():
     """The chat-formatted PII world: a tiny Llama with a chat template (≈ 8 s to build once, then cached)."""
-    from core.worlds.chat import ChatWorldSpec, build_chat_world
+    from unlearnd.core.worlds.chat import ChatWorldSpec, build_chat_world
 
     spec = ChatWorldSpec()
     return build_chat_world(CACHE / f"tiny-chat-world-{spec.key()}", spec, log=lambda _m: None)

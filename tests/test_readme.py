@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -18,7 +18,7 @@ def test_every_setting_is_in_the_readme_configuration_tables():
 def test_readme_cli_commands_exist():
     from typer.main import get_command
 
-    from cli.main import app
+    from unlearnd.cli.main import app
 
     root = get_command(app)
     for line in re.findall(r"^unlearnd ([a-z-]+(?: [a-z-]+)?)", README, flags=re.M):

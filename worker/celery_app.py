@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 log = logging.getLogger("unlearnd.celery")
 
@@ -100,8 +100,8 @@ def worker_app() -> Celery:
 
 def run_job_task(job_id: str) -> str:
     """The task: the same `run_job` as the embedded dispatcher, in the worker's process-wide runtime."""
-    from worker.runner import NOT_CLAIMED, run_job
-    from worker.runtime import default_runtime
+    from unlearnd.worker.runner import NOT_CLAIMED, run_job
+    from unlearnd.worker.runtime import default_runtime
 
     rt = default_runtime()
     outcome = run_job(job_id, rt)
@@ -118,8 +118,8 @@ def _message_consumed(rt: Any, job_id: str) -> None:
     sweeper dispatches it again as soon as the model is free, not only after the redispatch delay."""
     from sqlalchemy import update
 
-    from api.db import transaction
-    from api.models import QUEUED, Job
+    from unlearnd.api.db import transaction
+    from unlearnd.api.models import QUEUED, Job
 
     with transaction(rt.sessions) as session:
         session.execute(
@@ -141,14 +141,14 @@ def _preload(**_: Any) -> None:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    import core.modeling  # noqa: F401
-    import core.pipeline  # noqa: F401
+    import unlearnd.core.modeling  # noqa: F401
+    import unlearnd.core.pipeline  # noqa: F401
 
 
 @signals.worker_process_init.connect
 def _fresh_runtime_after_fork(**_: Any) -> None:
     """Prefork pool: a child must not share the parent's database connections (the sweeper's runtime)."""
-    from worker import runtime
+    from unlearnd.worker import runtime
 
     if runtime._default is not None:
         runtime._default.engine.dispose(close=False)
@@ -159,8 +159,8 @@ def _fresh_runtime_after_fork(**_: Any) -> None:
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
     """The worker's sweeper: a daemon thread of the worker process (solo pool: the process that runs jobs)."""
     global _sweeper
-    from worker.runtime import default_runtime
-    from worker.sweeper import BrokerQueue, Sweeper
+    from unlearnd.worker.runtime import default_runtime
+    from unlearnd.worker.sweeper import BrokerQueue, Sweeper
 
     with _sweeper_lock:
         if _sweeper is not None:
@@ -177,7 +177,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
 def _stop_jobs(**_: Any) -> None:
     """Warm shutdown: the running job returns to the queue at its next step (attempt refunded), so the task
     ends quickly and another worker resumes it."""
-    from worker.runtime import default_runtime
+    from unlearnd.worker.runtime import default_runtime
 
     default_runtime().stopping.set()
     if _sweeper is not None:

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Protocol
 
-from worker.runtime import Runtime
-from worker.sweeper import Sweeper
+from unlearnd.worker.runtime import Runtime
+from unlearnd.worker.sweeper import Sweeper
 
 log = logging.getLogger("unlearnd.dispatch")
 
@@ -36,7 +36,7 @@ class Dispatcher(Protocol):
 
 
 def _run_job(job_id: str, rt: Runtime) -> str:
-    from worker.runner import run_job
+    from unlearnd.worker.runner import run_job
 
     return run_job(job_id, rt)
 
@@ -109,7 +109,7 @@ class CeleryDispatcher:
     PING_TTL = 5.0
 
     def __init__(self, rt: Runtime) -> None:
-        from worker.celery_app import make_celery
+        from unlearnd.worker.celery_app import make_celery
 
         self.rt = rt
         self.queue = rt.settings.celery_queue
@@ -121,7 +121,7 @@ class CeleryDispatcher:
         pass
 
     def dispatch(self, job_id: str, delay: float = 0.0) -> None:
-        from worker.celery_app import send_job
+        from unlearnd.worker.celery_app import send_job
 
         send_job(self.app, job_id, self.queue, countdown=delay)
 

@@ -48,7 +48,7 @@ class ModelCache:
         """Yield a `core.modeling.LoadedModel` for `source`, loading it unless a cached copy is current.
         `devices`: several GPUs the model is placed across (core/placement.py) instead of `device`.
         `stats`, if given, receives `hit` (bool) and `load_seconds` (time to get the model, waits included)."""
-        from core.modeling import load_model
+        from unlearnd.core.modeling import load_model
 
         started = time.perf_counter()
         path = Path(source).expanduser().resolve()

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, case, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from api.models import CANCELLING, QUEUED, RUNNING, Job
+from unlearnd.api.models import CANCELLING, QUEUED, RUNNING, Job
 
 IN_FLIGHT = (RUNNING, CANCELLING)
 

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import FAILED, SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
-from core.verdict import FORGOTTEN, NOT_MEMORISED, PUBLISHED, UNVERIFIED
-from worker import protocol
-from worker.transitions import _transition, add_event, new_audit, purge_payload, requests_of
+from unlearnd.api.models import FAILED, SUCCEEDED, AdapterVersion, BaseModel, Job, utcnow
+from unlearnd.core.verdict import FORGOTTEN, NOT_MEMORISED, PUBLISHED, UNVERIFIED
+from unlearnd.worker import protocol
+from unlearnd.worker.transitions import _transition, add_event, new_audit, purge_payload, requests_of
 
 
 class LostLease(Exception):

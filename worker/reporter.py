@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from api.audit import json_safe
-from api.db import transaction
-from api.models import Job, utcnow
-from worker import protocol
-from worker.runtime import Runtime
-from worker.transitions import add_event
+from unlearnd.api.audit import json_safe
+from unlearnd.api.db import transaction
+from unlearnd.api.models import Job, utcnow
+from unlearnd.worker import protocol
+from unlearnd.worker.runtime import Runtime
+from unlearnd.worker.transitions import add_event
 
 log = logging.getLogger("unlearnd.worker")
 

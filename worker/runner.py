@@ -20,19 +20,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import model_sources
-from api.archive import pack_dir, unpack
-from api.crypto import decrypt_payload
-from api.db import transaction
-from api.models import RUNNING, BaseModel, Job, utcnow
-from core.errors import Cancelled, CoreError, ModelLoadError
-from core.records import Probe, Record
-from core.verdict import NOT_MEMORISED
-from worker import protocol, scratch, transitions
-from worker.model_cache import model_cache
-from worker.publish import Built, LostLease, StaleParent, active_version, conclude, publish
-from worker.reporter import Heartbeat, JobReporter
-from worker.runtime import Runtime, default_runtime
+from unlearnd.api import model_sources
+from unlearnd.api.archive import pack_dir, unpack
+from unlearnd.api.crypto import decrypt_payload
+from unlearnd.api.db import transaction
+from unlearnd.api.models import RUNNING, BaseModel, Job, utcnow
+from unlearnd.core.errors import Cancelled, CoreError, ModelLoadError
+from unlearnd.core.records import Probe, Record
+from unlearnd.core.verdict import NOT_MEMORISED
+from unlearnd.worker import protocol, scratch, transitions
+from unlearnd.worker.model_cache import model_cache
+from unlearnd.worker.publish import Built, LostLease, StaleParent, active_version, conclude, publish
+from unlearnd.worker.reporter import Heartbeat, JobReporter
+from unlearnd.worker.runtime import Runtime, default_runtime
 
 log = logging.getLogger("unlearnd.worker")
 
@@ -125,9 +125,9 @@ def _prefix(e: CoreError) -> str:
 
 
 def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
-    from core.config import UnlearnConfig
-    from core.device import set_cpu_threads
-    from core.pipeline import run_forget
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.device import set_cpu_threads
+    from unlearnd.core.pipeline import run_forget
 
     set_cpu_threads(rt.settings.torch_threads)
     inputs = _load_inputs(rt, job_id)

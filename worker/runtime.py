@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.blobs import BlobStore
-from api.certificates import load_signing_key
-from api.db import make_engine, make_session_factory
-from api.settings import Settings
+from unlearnd.api.blobs import BlobStore
+from unlearnd.api.certificates import load_signing_key
+from unlearnd.api.db import make_engine, make_session_factory
+from unlearnd.api.settings import Settings
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import FINAL_STATUSES, Job
+from unlearnd.api.models import FINAL_STATUSES, Job
 
 log = logging.getLogger("unlearnd.worker")
 

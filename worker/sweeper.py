@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from api.db import transaction
-from api.models import QUEUED, Job, utcnow
-from worker import protocol, scratch, transitions
-from worker.runtime import Runtime
+from unlearnd.api.db import transaction
+from unlearnd.api.models import QUEUED, Job, utcnow
+from unlearnd.worker import protocol, scratch, transitions
+from unlearnd.worker.runtime import Runtime
 
 log = logging.getLogger("unlearnd.sweeper")
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from api import audit
-from api.models import (
+from unlearnd.api import audit
+from unlearnd.api.models import (
     CANCELLED,
     CANCELLING,
     FAILED,
@@ -30,7 +30,7 @@ from api.models import (
     JobRequest,
     utcnow,
 )
-from worker import protocol
+from unlearnd.worker import protocol
 
 
 def add_event(

@@ -16,7 +16,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from api.report import evidence, plots
+from unlearnd.api.report import evidence, plots
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse
 
-from api import schemas, views
-from api.blobs import BlobStore
-from api.deps import ADAPTERS_READ, AdapterDep, DbSession, scope
-from api.errors import BlobMissing, ErrorOut
+from unlearnd.api import schemas, views
+from unlearnd.api.blobs import BlobStore
+from unlearnd.api.deps import ADAPTERS_READ, AdapterDep, DbSession, scope
+from unlearnd.api.errors import BlobMissing, ErrorOut
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], dependencies=[scope(ADAPTERS_READ)])
 

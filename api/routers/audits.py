@@ -11,12 +11,12 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import audit, certificates, chain_head, schemas, security, views
-from api.deps import AUDIT_READ, AppSettings, AuditDep, Caller, DbSession, scope
-from api.errors import NotFound, invalid_query
-from api.models import VERDICTS, AdapterVersion, AuditRecord, BaseModel, ForgetRequest, JobEvent, utcnow
-from api.pagination import MAX_POSITION, decode_cursor, encode_cursor
-from api.schemas import ID_PATTERN
+from unlearnd.api import audit, certificates, chain_head, schemas, security, views
+from unlearnd.api.deps import AUDIT_READ, AppSettings, AuditDep, Caller, DbSession, scope
+from unlearnd.api.errors import NotFound, invalid_query
+from unlearnd.api.models import VERDICTS, AdapterVersion, AuditRecord, BaseModel, ForgetRequest, JobEvent, utcnow
+from unlearnd.api.pagination import MAX_POSITION, decode_cursor, encode_cursor
+from unlearnd.api.schemas import ID_PATTERN
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"], dependencies=[scope(AUDIT_READ)])
 
@@ -165,7 +165,7 @@ def get_report(record: AuditDep, session: DbSession, request: Request) -> HTMLRe
     """The evidence report of one audit record: a self-contained, printable HTML page (no external assets,
     no script) with the request, the verdict and its statistical evidence, before/after metrics, figures,
     the chain position and signature, and the command that verifies the certificate offline."""
-    from api.report.render import CSP, ReportInput, render  # matplotlib loads on the first report only
+    from unlearnd.api.report.render import CSP, ReportInput, render  # matplotlib loads on the first report only
 
     data = ReportInput(
         audit=views.audit_out(record).model_dump(mode="json"),

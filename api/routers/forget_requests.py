@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api import forget, schemas, views
-from api.deps import (
+from unlearnd.api import forget, schemas, views
+from unlearnd.api.deps import (
     REQUEST,
     REQUESTS_READ,
     REQUESTS_WRITE,
@@ -23,12 +23,12 @@ from api.deps import (
     not_found,
     scope,
 )
-from api.errors import AlreadyFinished
-from api.idempotency import IdempotencyKeyHeader
-from api.models import FINAL_STATUSES, ApiKey
-from api.pagination import decode_cursor, encode_cursor
-from api.schemas import ID_PATTERN
-from worker.transitions import cancel_one
+from unlearnd.api.errors import AlreadyFinished
+from unlearnd.api.idempotency import IdempotencyKeyHeader
+from unlearnd.api.models import FINAL_STATUSES, ApiKey
+from unlearnd.api.pagination import decode_cursor, encode_cursor
+from unlearnd.api.schemas import ID_PATTERN
+from unlearnd.worker.transitions import cancel_one
 
 router = APIRouter(prefix="/v1/forget-requests", tags=["forget requests"])
 log = logging.getLogger("unlearnd.api")

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import func, select, text
 
-from api.deps import MODELS_ADMIN, Caller, DbSession, scope
-from api.errors import NotReady
-from api.models import Job
+from unlearnd.api.deps import MODELS_ADMIN, Caller, DbSession, scope
+from unlearnd.api.errors import NotReady
+from unlearnd.api.models import Job
 
 router = APIRouter(tags=["health"])
 

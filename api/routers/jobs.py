@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api import schemas, views
-from api.deps import REQUESTS_READ, DbSession, JobDep, scope
-from api.models import JobEvent
-from api.pagination import decode_cursor, encode_cursor
+from unlearnd.api import schemas, views
+from unlearnd.api.deps import REQUESTS_READ, DbSession, JobDep, scope
+from unlearnd.api.models import JobEvent
+from unlearnd.api.pagination import decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[scope(REQUESTS_READ)])
 

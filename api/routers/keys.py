@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api import certificates, schemas
+from unlearnd.api import certificates, schemas
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

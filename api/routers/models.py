@@ -7,15 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from api import limits, model_sources, schemas, views
-from api.chat import check_chat_records
-from api.deps import ADAPTERS_READ, MODELS_ADMIN, AppSettings, Caller, DbSession, ModelDep, scope
-from api.errors import Conflict, InvalidConfig, InvalidModelSource
-from api.idempotency import IdempotencyKeyHeader
-from api.models import AdapterVersion, BaseModel
-from api.pagination import decode_cursor, encode_cursor
-from core.config import ADAPTER_INITS, UnlearnConfig
-from core.errors import InvalidInput
+from unlearnd.api import limits, model_sources, schemas, views
+from unlearnd.api.chat import check_chat_records
+from unlearnd.api.deps import ADAPTERS_READ, MODELS_ADMIN, AppSettings, Caller, DbSession, ModelDep, scope
+from unlearnd.api.errors import Conflict, InvalidConfig, InvalidModelSource
+from unlearnd.api.idempotency import IdempotencyKeyHeader
+from unlearnd.api.models import AdapterVersion, BaseModel
+from unlearnd.api.pagination import decode_cursor, encode_cursor
+from unlearnd.core.config import ADAPTER_INITS, UnlearnConfig
+from unlearnd.core.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

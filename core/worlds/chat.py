@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.records import Message, Record, write_jsonl
-from core.worlds.families import Shape, family_config, random_model
-from core.worlds.lm import LMSpec, train_memorise_sets
-from core.worlds.pii import Person, World, make_people
-from core.worlds.tokenizer import train_tokenizer
+from unlearnd.core.records import Message, Record, write_jsonl
+from unlearnd.core.worlds.families import Shape, family_config, random_model
+from unlearnd.core.worlds.lm import LMSpec, train_memorise_sets
+from unlearnd.core.worlds.pii import Person, World, make_people
+from unlearnd.core.worlds.tokenizer import train_tokenizer
 
 SYSTEM_PROMPT = "You are the front desk of the Halcyon registry. Answer questions about people from its records."
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -67,7 +67,7 @@ def build_chat_world(
     writes them. An existing `out` built from the same spec is reused."""
     import torch
 
-    from core.data import IGNORE, TokenSet, encode_set
+    from unlearnd.core.data import IGNORE, TokenSet, encode_set
 
     spec = spec or ChatWorldSpec()
     root = Path(out)

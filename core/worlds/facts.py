@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.worlds.pii import CITIES, EMPLOYERS, FIRST, LAST, make_generic
+from unlearnd.core.worlds.pii import CITIES, EMPLOYERS, FIRST, LAST, make_generic
 
 PROFESSIONS = "architect baker chemist dentist engineer farmer geologist historian journalist lawyer".split()
 ATTRIBUTES = {
@@ -54,7 +54,7 @@ class Fact:
 
     def probe(self):
         """The question with this fact's value as the answer (`core.records.Probe`, what the audit reports)."""
-        from core.records import Probe
+        from unlearnd.core.records import Probe
 
         return Probe(self.question(), f" {self.value}.")
 
@@ -133,11 +133,11 @@ def train_clean_model(
     extraction rule stops long before the answers are learnt (0.55 ± 0.32 in the README's earlier run)."""
     import torch
 
-    from core.data import encode_set
-    from core.metrics import probe_accuracy
-    from core.records import Record
-    from core.worlds.lm import gpt_neo, train_memorise_sets
-    from core.worlds.tokenizer import train_tokenizer
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import probe_accuracy
+    from unlearnd.core.records import Record
+    from unlearnd.core.worlds.lm import gpt_neo, train_memorise_sets
+    from unlearnd.core.worlds.tokenizer import train_tokenizer
 
     texts = world.clean_texts()
     # The corruption documents' words are in the vocabulary (they are fine-tuned on later).

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from core.data import TokenSet, encode_set
-from core.metrics import evaluate_set
-from core.records import Record
+from unlearnd.core.data import TokenSet, encode_set
+from unlearnd.core.metrics import evaluate_set
+from unlearnd.core.records import Record
 
 
 @dataclass

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.records import Record, read_records, write_jsonl
-from core.worlds.lm import LMSpec, gpt_neo, train_memorise
-from core.worlds.tokenizer import train_tokenizer
+from unlearnd.core.records import Record, read_records, write_jsonl
+from unlearnd.core.worlds.lm import LMSpec, gpt_neo, train_memorise
+from unlearnd.core.worlds.tokenizer import train_tokenizer
 
 FIRST = (
     "Ada Alvar Amira Anouk Bastian Beatriz Bruno Calla Casimir Dagny Dario Delphine Elio Elske Emre Fenna Florin "

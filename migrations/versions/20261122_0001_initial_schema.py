@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import api.models
+import unlearnd.api.models
 
 
 revision: str = '0001'
@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table('tenants',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tenants')),
     sa.UniqueConstraint('name', name=op.f('uq_tenants_name'))
     )
@@ -35,9 +35,9 @@ def upgrade() -> None:
     sa.Column('prefix', sa.String(length=32), nullable=False),
     sa.Column('secret_hash', sa.String(length=64), nullable=False),
     sa.Column('scopes', sa.JSON(), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('last_used_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('revoked_at', api.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
+    sa.Column('last_used_at', unlearnd.api.models.UTCDateTime(), nullable=True),
+    sa.Column('revoked_at', unlearnd.api.models.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_api_keys_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_keys')),
     sa.UniqueConstraint('prefix', name=op.f('uq_api_keys_prefix'))
@@ -55,7 +55,7 @@ def upgrade() -> None:
     sa.Column('default_config', sa.JSON(), nullable=False),
     sa.Column('retain', sa.JSON(), nullable=False),
     sa.Column('holdout', sa.JSON(), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_base_models_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_base_models')),
     sa.UniqueConstraint('tenant_id', 'name', name=op.f('uq_base_models_tenant_id_name'))
@@ -72,7 +72,7 @@ def upgrade() -> None:
     sa.Column('ticket', sa.String(length=200), nullable=True),
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('payload', sa.LargeBinary(), nullable=True),
-    sa.Column('payload_purged_at', api.models.UTCDateTime(), nullable=True),
+    sa.Column('payload_purged_at', unlearnd.api.models.UTCDateTime(), nullable=True),
     sa.Column('record_salt', sa.String(length=64), nullable=False),
     sa.Column('record_hashes', sa.JSON(), nullable=False),
     sa.Column('record_count', sa.Integer(), nullable=False),
@@ -80,8 +80,8 @@ def upgrade() -> None:
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('finished_at', api.models.UTCDateTime(), nullable=True),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', unlearnd.api.models.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['model_id'], ['base_models.id'], name=op.f('fk_forget_requests_model_id_base_models')),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_forget_requests_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_forget_requests')),
@@ -101,8 +101,8 @@ def upgrade() -> None:
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('lease_owner', sa.String(length=200), nullable=True),
-    sa.Column('lease_expires_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('dispatched_at', api.models.UTCDateTime(), nullable=True),
+    sa.Column('lease_expires_at', unlearnd.api.models.UTCDateTime(), nullable=True),
+    sa.Column('dispatched_at', unlearnd.api.models.UTCDateTime(), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('phase', sa.String(length=32), nullable=True),
     sa.Column('step', sa.Integer(), nullable=False),
@@ -110,10 +110,10 @@ def upgrade() -> None:
     sa.Column('progress', sa.JSON(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('started_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', api.models.UTCDateTime(), nullable=True),
-    sa.Column('updated_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
+    sa.Column('started_at', unlearnd.api.models.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', unlearnd.api.models.UTCDateTime(), nullable=True),
+    sa.Column('updated_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['model_id'], ['base_models.id'], name=op.f('fk_jobs_model_id_base_models')),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_jobs_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
@@ -137,7 +137,7 @@ def upgrade() -> None:
     sa.Column('size_bytes', sa.BigInteger(), nullable=False),
     sa.Column('storage_uri', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_adapter_versions_job_id_jobs')),
     sa.ForeignKeyConstraint(['model_id'], ['base_models.id'], name=op.f('fk_adapter_versions_model_id_base_models')),
     sa.ForeignKeyConstraint(['parent_id'], ['adapter_versions.id'], name=op.f('fk_adapter_versions_parent_id_adapter_versions')),
@@ -154,7 +154,7 @@ def upgrade() -> None:
     op.create_table('job_events',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('job_id', sa.String(length=40), nullable=False),
-    sa.Column('created_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('created_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.Column('level', sa.String(length=16), nullable=False),
     sa.Column('type', sa.String(length=16), nullable=False),
     sa.Column('message', sa.Text(), nullable=False),
@@ -193,8 +193,8 @@ def upgrade() -> None:
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('thresholds', sa.JSON(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('requested_at', api.models.UTCDateTime(), nullable=False),
-    sa.Column('completed_at', api.models.UTCDateTime(), nullable=False),
+    sa.Column('requested_at', unlearnd.api.models.UTCDateTime(), nullable=False),
+    sa.Column('completed_at', unlearnd.api.models.UTCDateTime(), nullable=False),
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['adapter_version_id'], ['adapter_versions.id'], name=op.f('fk_audit_records_adapter_version_id_adapter_versions')),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import api.models
+import unlearnd.api.models
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -29,9 +29,9 @@ def upgrade() -> None:
         sa.Column("status_code", sa.Integer(), nullable=True),
         sa.Column("response_headers", sa.JSON(), nullable=False),
         sa.Column("response_body", sa.LargeBinary(), nullable=True),
-        sa.Column("created_at", api.models.UTCDateTime(), nullable=False),
-        sa.Column("locked_until", api.models.UTCDateTime(), nullable=True),
-        sa.Column("expires_at", api.models.UTCDateTime(), nullable=False),
+        sa.Column("created_at", unlearnd.api.models.UTCDateTime(), nullable=False),
+        sa.Column("locked_until", unlearnd.api.models.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", unlearnd.api.models.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_idempotency_keys_tenant_id_tenants")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
         sa.UniqueConstraint("tenant_id", "key", name=op.f("uq_idempotency_keys_tenant_id_key")),

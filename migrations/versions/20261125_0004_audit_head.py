@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import api.models
+import unlearnd.api.models
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.Column("signed_at", api.models.UTCDateTime(), nullable=True),
+        sa.Column("signed_at", unlearnd.api.models.UTCDateTime(), nullable=True),
         sa.Column("key_id", sa.String(length=16), nullable=True),
         sa.Column("signature", sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),

@@ -15,9 +15,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from api.db import transaction
-from api.security import create_api_key
 from tests.service.support import ADMIN_KEY
+from unlearnd.api.db import transaction
+from unlearnd.api.security import create_api_key
 
 from .conftest import Finished
 

@@ -3,7 +3,7 @@ outcome, that a retain loss is flagged, that the small-set note is carried."""
 
 from __future__ import annotations
 
-from api.report import evidence
+from unlearnd.api.report import evidence
 
 
 def _metrics(auc_after: float, retain_after: float, failed: list[str], note: str | None = None) -> dict:

@@ -9,9 +9,9 @@ import re
 
 from typer.testing import CliRunner
 
-from api.report import evidence
-from cli.main import app
 from tests.service.support import ADMIN_KEY
+from unlearnd.api.report import evidence
+from unlearnd.cli.main import app
 
 from .conftest import Finished
 

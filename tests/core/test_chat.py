@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.chat import directory_has_chat_template
-from core.data import IGNORE, encode_set
-from core.errors import InvalidInput
-from core.records import Message, Record
-from core.worlds.chat import CHAT_TEMPLATE, ROLE_TOKENS, SYSTEM_PROMPT
 from tests.conftest import fast_config
+from unlearnd.core.chat import directory_has_chat_template
+from unlearnd.core.data import IGNORE, encode_set
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.records import Message, Record
+from unlearnd.core.worlds.chat import CHAT_TEMPLATE, ROLE_TOKENS, SYSTEM_PROMPT
 
 CHAT = Record(
     messages=(
@@ -26,7 +26,7 @@ CHAT = Record(
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    from core.worlds.tokenizer import train_tokenizer
+    from unlearnd.core.worlds.tokenizer import train_tokenizer
 
     texts = [SYSTEM_PROMPT, "Who is Jane Roe? And her phone?", "Jane Roe was born in Fernvale.", "+44 591 2231"]
     tok = train_tokenizer(texts * 4, 400, extra_special=ROLE_TOKENS)
@@ -112,9 +112,9 @@ def test_a_chat_job_forgets_the_assistant_turns_and_keeps_the_system_prompt(tiny
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.metrics import greedy_continue
-    from core.modeling import load_model
-    from core.pipeline import run_forget
+    from unlearnd.core.metrics import greedy_continue
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.pipeline import run_forget
 
     loaded = load_model(tiny_chat_world.model_dir, device="cpu")
     tok = loaded.tokenizer
@@ -164,7 +164,7 @@ def test_the_readme_chat_example_runs_from_the_command_line(tiny_chat_world, tmp
 
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from unlearnd.cli.main import app
 
     runner = CliRunner()
     built = runner.invoke(app, ["demo-model", "--chat", "--out", str(tiny_chat_world.root)])

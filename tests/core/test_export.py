@@ -8,14 +8,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from core.data import encode_set
-from core.export import Component, read_adapter, write_adapter
-from core.lora import is_conv1d
-from core.modeling import default_target_modules, find_targets, load_model
-from core.pipeline import run_forget
-from core.serving import serving_rank
-from core.unlearn import adapt, train
 from tests.conftest import fast_config
+from unlearnd.core.data import encode_set
+from unlearnd.core.export import Component, read_adapter, write_adapter
+from unlearnd.core.lora import is_conv1d
+from unlearnd.core.modeling import default_target_modules, find_targets, load_model
+from unlearnd.core.pipeline import run_forget
+from unlearnd.core.serving import serving_rank
+from unlearnd.core.unlearn import adapt, train
 
 
 def _logits(model, ts):
@@ -106,7 +106,7 @@ def two_versions(tiny_loaded, tiny_world, tmp_path_factory):
 
 
 def _metrics(model, tokenizer, records):
-    from core.metrics import evaluate_set
+    from unlearnd.core.metrics import evaluate_set
 
     return evaluate_set(model, encode_set(tokenizer, records), torch.device("cpu")).metrics
 

@@ -14,13 +14,13 @@ import json
 import pytest
 import torch
 
-from core.config import UnlearnConfig
-from core.data import encode_set
-from core.modeling import default_target_modules, find_targets, fuse_activations, load_model
-from core.pipeline import run_forget
-from core.serving import adapter_problems
-from core.unlearn import adapt
-from core.worlds.families import FAMILIES, build_family_dir
+from unlearnd.core.config import UnlearnConfig
+from unlearnd.core.data import encode_set
+from unlearnd.core.modeling import default_target_modules, find_targets, fuse_activations, load_model
+from unlearnd.core.pipeline import run_forget
+from unlearnd.core.serving import adapter_problems
+from unlearnd.core.unlearn import adapt
+from unlearnd.core.worlds.families import FAMILIES, build_family_dir
 
 # What each family's directory carries besides its architecture.
 VARIANTS: dict[str, dict] = {
@@ -91,7 +91,7 @@ def test_fila_at_step_zero_reproduces_the_model(family, family_dirs, tiny_world)
 
 
 def _lora_layers(model):
-    from core.lora import lora_layers
+    from unlearnd.core.lora import lora_layers
 
     return list(lora_layers(model).values())
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from core.data import encode_set
-from core.fila import diagonal_fisher, fila_factors, relative_importance
-from core.lora import weight_matrix
-from core.modeling import default_target_modules, find_targets, load_model
-from core.unlearn import adapt
 from tests.conftest import fast_config
+from unlearnd.core.data import encode_set
+from unlearnd.core.fila import diagonal_fisher, fila_factors, relative_importance
+from unlearnd.core.lora import weight_matrix
+from unlearnd.core.modeling import default_target_modules, find_targets, load_model
+from unlearnd.core.unlearn import adapt
 
 
 def test_fila_factors_reconstruct_the_fisher_weighted_truncated_svd():
@@ -36,7 +36,7 @@ def test_relative_importance_formula():
 
 def _per_example_fisher(model, ts, targets) -> dict[str, torch.Tensor]:
     """The textbook definition: one example at a time, autograd's weight gradient, squared, summed."""
-    from core.lora import is_conv1d
+    from unlearnd.core.lora import is_conv1d
 
     acc = {n: torch.zeros_like(weight_matrix(m)) for n, m in targets.items()}
     tokens = 0
@@ -85,7 +85,7 @@ def test_batched_fisher_equals_per_example_squared_gradients_over_tokens(
 @pytest.mark.slow
 def test_fisher_per_example_memory_budget_does_not_change_the_result(tiny_world, tiny_loaded, monkeypatch):
     """A budget of one example's gradient at a time gives the same Fisher as all at once."""
-    from core import fila
+    from unlearnd.core import fila
 
     model, tok = tiny_loaded.model, tiny_loaded.tokenizer
     ts = encode_set(tok, tiny_world.forget[:5])
@@ -123,7 +123,7 @@ def test_fila_initialised_model_equals_original_at_step_zero(arch, tiny_world, t
     after = _logits(adapted.model, ts)
     assert (after - before).abs().max().item() <= 1e-4
     # The base is untouched; the rank-2r LoRA is [B, −B₀]·[A; A₀] with a non-zero principal part B₀A₀.
-    from core import lora
+    from unlearnd.core import lora
 
     for name, layer in lora.lora_layers(adapted.model).items():
         assert torch.equal(weight_matrix(layer.base_layer), originals[name])
@@ -133,8 +133,8 @@ def test_fila_initialised_model_equals_original_at_step_zero(arch, tiny_world, t
 
 
 def test_fisher_groups_respect_the_memory_budget_and_never_split_a_layer(tiny_loaded):
-    from core import lora
-    from core.unlearn import fisher_groups
+    from unlearnd.core import lora
+    from unlearnd.core.unlearn import fisher_groups
 
     targets = find_targets(tiny_loaded.model, default_target_modules(tiny_loaded.model))
     sizes = {n: 8 * lora.weight_matrix(m).numel() for n, m in targets.items()}
@@ -148,7 +148,7 @@ def test_fisher_groups_respect_the_memory_budget_and_never_split_a_layer(tiny_lo
 @pytest.mark.slow
 def test_fila_factors_are_the_same_whatever_the_fisher_memory_budget(tiny_loaded, tiny_world, monkeypatch):
     """Layer groups (one Fisher pass each) change the memory, not the factors."""
-    from core import unlearn
+    from unlearnd.core import unlearn
 
     model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
     fts, rts = encode_set(tok, tiny_world.forget), encode_set(tok, tiny_world.retain)
@@ -167,7 +167,7 @@ def test_fila_factors_are_the_same_whatever_the_fisher_memory_budget(tiny_loaded
 
 
 def test_fisher_memory_budget_is_half_the_free_gpu_memory_else_the_constant(monkeypatch):
-    from core import unlearn
+    from unlearnd.core import unlearn
 
     assert unlearn.fisher_memory_budget(torch.device("cpu")) == unlearn.FISHER_MEMORY_BYTES
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (40 << 30, 80 << 30))

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from core.config import METHODS
-from core.losses import (
+from unlearnd.core.config import METHODS
+from unlearnd.core.losses import (
     OBJECTIVES,
     LossInputs,
     inverted_hinge_loss,
@@ -97,7 +97,7 @@ def test_every_objective_returns_a_differentiable_scalar(method):
 def test_ctd_pulls_each_token_to_its_target_from_either_side_and_demotes_only_where_asked():
     """The calibrated error is (log p − a*)² per token: zero at the target, growing on both sides; the top-1
     hinge only acts on tokens not allowed to stay the argmax."""
-    from core.calibration import calibrated_logprob_error
+    from unlearnd.core.calibration import calibrated_logprob_error
 
     labels = torch.tensor([[0, 1, 2]])
     logits = torch.tensor([[[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])  # last two rows: p(y) high

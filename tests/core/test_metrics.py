@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from core.data import encode_set
-from core.losses import token_logprobs
-from core.metrics import (
+from unlearnd.core.data import encode_set
+from unlearnd.core.losses import token_logprobs
+from unlearnd.core.metrics import (
     attack_prefix_lengths,
     auc,
     evaluate_set,
@@ -16,7 +16,7 @@ from core.metrics import (
     ngram_overlap,
     nll_per_record,
 )
-from core.records import Record
+from unlearnd.core.records import Record
 
 
 def test_ma_counts_teacher_forced_argmax_hits_over_targets():
@@ -77,7 +77,7 @@ def test_batched_min_k_equals_the_per_record_definition():
 def test_batched_greedy_equals_per_sample_uncached_definition(arch, tiny_loaded, tiny_world, tiny_gpt2_dir):
     """Left-padded batches (several prefix lengths per batch, a batch size that splits the set) decode
     exactly what each prefix decodes alone, with absolute position embeddings (GPT-Neo, GPT-2)."""
-    from core.modeling import load_model
+    from unlearnd.core.modeling import load_model
 
     loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
@@ -95,7 +95,7 @@ def test_batched_greedy_equals_per_sample_uncached_definition(arch, tiny_loaded,
 
 
 def test_last_miss_is_the_last_wrong_teacher_forced_guess_within_each_row():
-    from core.data import Encoded, tensorize
+    from unlearnd.core.data import Encoded, tensorize
 
     rows = [Encoded([5, 1, 2, 3, 4], 2), Encoded([5, 1, 2], 1), Encoded([5, 6, 7, 8], 2)]
     ts = tensorize(rows, pad=0)
@@ -117,7 +117,7 @@ def test_teacher_forced_extraction_equals_greedy_decoding_from_every_attack_pref
 ):
     """The extraction `evaluate_set` reports (from its forward pass, `last_miss`) is what a batched greedy
     decode from each attack prefix reproduces, row by row, on memorised and never-seen records."""
-    from core.modeling import load_model
+    from unlearnd.core.modeling import load_model
 
     loaded = tiny_loaded if arch == "gpt_neo" else load_model(tiny_gpt2_dir, device="cpu")
     model, tok, device = loaded.model, loaded.tokenizer, loaded.device
@@ -175,8 +175,8 @@ def test_prompt_completion_records_target_only_the_completion(tiny_world):
 
 @pytest.mark.slow
 def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded, tiny_world):
-    from core.metrics import probe_accuracy
-    from core.records import Probe
+    from unlearnd.core.metrics import probe_accuracy
+    from unlearnd.core.records import Probe
 
     model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
     texts = [r.text for r in tiny_world.retain[:6]]
@@ -205,7 +205,7 @@ def test_probe_accuracy_and_answer_probability_match_the_definition(tiny_loaded,
 def test_decode_batch_rows_follows_the_kv_cache_budget():
     from types import SimpleNamespace
 
-    from core.metrics import decode_batch_rows
+    from unlearnd.core.metrics import decode_batch_rows
 
     class Fake(torch.nn.Module):
         def __init__(self, **cfg):
@@ -227,8 +227,8 @@ def test_decode_batch_rows_follows_the_kv_cache_budget():
 def test_an_evaluation_holds_the_holdout_profiles_a_separate_forward_pass_gives(tiny_loaded, tiny_world):
     """ctd re-profiles the holdout after each check from the check's own evaluation (`row_profiles`): the
     same profiles as `profiles_of`, the forward pass it replaced."""
-    from core.calibration import row_profiles
-    from core.unlearn import profiles_of
+    from unlearnd.core.calibration import row_profiles
+    from unlearnd.core.unlearn import profiles_of
 
     model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
     ts = encode_set(tok, tiny_world.holdout)

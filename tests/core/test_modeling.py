@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.activations import GELUTanh, NewGELUActivation
 
-from core.data import encode_set
-from core.modeling import load_model
+from unlearnd.core.data import encode_set
+from unlearnd.core.modeling import load_model
 
 
 @pytest.mark.slow

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.config import UnlearnConfig
-from core.data import encode_set
-from core.modeling import load_model
-from core.pipeline import run_forget
-from core.placement import is_dispatched, plan_device_map
-from core.worlds.families import Shape, family_config
+from unlearnd.core.config import UnlearnConfig
+from unlearnd.core.data import encode_set
+from unlearnd.core.modeling import load_model
+from unlearnd.core.pipeline import run_forget
+from unlearnd.core.placement import is_dispatched, plan_device_map
+from unlearnd.core.worlds.families import Shape, family_config
 
 
 def _skeleton(family: str, layers: int = 4):
@@ -45,7 +45,7 @@ def test_plan_splits_the_layers_evenly_and_keeps_the_ends_with_their_neighbours(
 def test_a_job_on_a_model_placed_across_two_devices_makes_the_same_adapter(tiny_world, tmp_path):
     from transformers import AutoTokenizer
 
-    from core.worlds.families import build_family_dir
+    from unlearnd.core.worlds.families import build_family_dir
 
     tok = AutoTokenizer.from_pretrained(str(tiny_world.model_dir))
     source = build_family_dir("llama", tok, tmp_path / "llama", Shape(layers=4))

@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from core.config import UnlearnConfig
-from core.device import autocast, resolve_precision, use_precision
-from core.errors import InvalidInput
-from core.pipeline import run_forget
 from tests.conftest import fast_config
+from unlearnd.core.config import UnlearnConfig
+from unlearnd.core.device import autocast, resolve_precision, use_precision
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.pipeline import run_forget
 
 
 def test_auto_precision_is_bf16_on_cuda_and_fp32_on_cpu():
@@ -48,7 +48,7 @@ def test_bf16_autocast_run_forgets_and_exports_exactly(tiny_loaded, tiny_world, 
 
 
 def test_usable_cpus_honours_affinity_and_a_cgroup_quota(tmp_path):
-    from core.device import usable_cpus
+    from unlearnd.core.device import usable_cpus
 
     affinity = len(os.sched_getaffinity(0))
     cpu_max = tmp_path / "cpu.max"
@@ -62,7 +62,7 @@ def test_usable_cpus_honours_affinity_and_a_cgroup_quota(tmp_path):
 
 
 def test_set_cpu_threads_uses_the_configured_number_else_the_capped_default():
-    from core import device
+    from unlearnd.core import device
 
     before = torch.get_num_threads()
     try:
@@ -76,7 +76,7 @@ def test_set_cpu_threads_uses_the_configured_number_else_the_capped_default():
 def test_in_own_thread_returns_the_result_and_re_raises_in_the_caller():
     import threading
 
-    from core.device import in_own_thread
+    from unlearnd.core.device import in_own_thread
 
     assert in_own_thread(lambda x, y=0: (threading.current_thread().name, x + y), 2, y=3) == ("torch-work", 5)
     with pytest.raises(InvalidInput, match="boom"):
@@ -85,8 +85,8 @@ def test_in_own_thread_returns_the_result_and_re_raises_in_the_caller():
 
 def test_device_switch_picks_cuda_and_bf16_weights_when_a_gpu_is_present(monkeypatch):
     """The GPU path is chosen by the device alone: cuda when present, bf16 weights and bf16 autocast there."""
-    from core.device import pick_device
-    from core.modeling import weights_dtype
+    from unlearnd.core.device import pick_device
+    from unlearnd.core.modeling import weights_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     device = pick_device()

@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from core.export import Component, read_adapter, write_adapter
-from core.serving import SERVING_RANKS, adapter_problems, serving_rank
+from unlearnd.core.export import Component, read_adapter, write_adapter
+from unlearnd.core.serving import SERVING_RANKS, adapter_problems, serving_rank
 
 
 def _delta(rank: int, modules=("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj")):

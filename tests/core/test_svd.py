@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from core.fila import EXACT_SVD_MAX_DIM, fila_factors, top_svd
+from unlearnd.core.fila import EXACT_SVD_MAX_DIM, fila_factors, top_svd
 
 
 def _low_rank_plus_noise(out: int, inp: int) -> torch.Tensor:

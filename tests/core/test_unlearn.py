@@ -4,10 +4,10 @@ progress, restoration of the (cacheable) base model."""
 import pytest
 import torch
 
-from core.config import INITS, METHODS, UnlearnConfig
-from core.errors import Cancelled, InvalidInput
-from core.pipeline import run_forget
 from tests.conftest import fast_config
+from unlearnd.core.config import INITS, METHODS, UnlearnConfig
+from unlearnd.core.errors import Cancelled, InvalidInput
+from unlearnd.core.pipeline import run_forget
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +185,7 @@ def test_stopping_checks_decode_only_once_the_scores_pass(default_run):
 
 def test_one_forward_over_forget_and_retain_rows_equals_two_separate_passes(tiny_loaded, tiny_world):
     """The loop's fused forward (core.data.concat): each set's logits on its own positions, as if alone."""
-    from core.data import IGNORE, concat, encode_set
+    from unlearnd.core.data import IGNORE, concat, encode_set
 
     model, tok = tiny_loaded.model, tiny_loaded.tokenizer
     fb = encode_set(tok, tiny_world.forget[:3])
@@ -206,10 +206,10 @@ def test_fila_trains_only_the_first_half_and_exports_exactly_on_bf16_weights(tin
     """The GPU's path on a CPU: bf16 base weights, bf16 autocast. FILA's frozen half does not move and the base
     is never written, so base + exported adapter is the trained model (it was 0.16 off in the logits when the
     residual was written into the bf16 weights)."""
-    from core import lora
-    from core.data import encode_set
-    from core.modeling import default_target_modules, find_targets, load_model
-    from core.unlearn import adapt, train
+    from unlearnd.core import lora
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.modeling import default_target_modules, find_targets, load_model
+    from unlearnd.core.unlearn import adapt, train
 
     loaded = load_model(tiny_world.model_dir, device="cpu", dtype=torch.bfloat16)
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}

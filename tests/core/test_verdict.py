@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from core.config import Bounds
-from core.metrics import SetMetrics, SetScores
-from core.stats import auc, compare, conformal_p, delong_interval, mann_whitney_p, min_two_sided_p, prediction_p
-from core.verdict import (
+from unlearnd.core.config import Bounds
+from unlearnd.core.metrics import SetMetrics, SetScores
+from unlearnd.core.stats import (
+    auc,
+    compare,
+    conformal_p,
+    delong_interval,
+    mann_whitney_p,
+    min_two_sided_p,
+    prediction_p,
+)
+from unlearnd.core.verdict import (
     FORGOTTEN,
     MODEL_DAMAGED,
     NOT_MEMORISED,

@@ -4,12 +4,12 @@ never truncated, never a crash-and-retry loop."""
 import pytest
 import torch
 
-from core.config import UnlearnConfig
-from core.data import IGNORE, encode_set, windows
-from core.metrics import evaluate_set
-from core.modeling import context_length, load_model
-from core.pipeline import run_forget
-from core.records import Record
+from unlearnd.core.config import UnlearnConfig
+from unlearnd.core.data import IGNORE, encode_set, windows
+from unlearnd.core.metrics import evaluate_set
+from unlearnd.core.modeling import context_length, load_model
+from unlearnd.core.pipeline import run_forget
+from unlearnd.core.records import Record
 
 
 class _Tok:

@@ -6,8 +6,8 @@ import random
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.worlds.pii import make_people
-from core.worlds.tokenizer import train_tokenizer
+from unlearnd.core.worlds.pii import make_people
+from unlearnd.core.worlds.tokenizer import train_tokenizer
 
 
 def test_people_are_deterministic_for_a_seed_and_distinct():
@@ -49,7 +49,7 @@ def test_world_files_split_people_and_model_loads(tiny_world):
 
 
 def test_existing_world_with_the_same_spec_is_reused(tiny_world):
-    from core.worlds.pii import build_world, tiny_spec
+    from unlearnd.core.worlds.pii import build_world, tiny_spec
 
     weights = next(tiny_world.model_dir.glob("*.safetensors"))
     mtime = weights.stat().st_mtime_ns

@@ -19,9 +19,9 @@ def llama_dir(tmp_path_factory):
     """A small random Llama (GQA, head_dim 64 as in real ones) and synthetic PII records."""
     import random
 
-    from core.worlds.families import Shape, build_family_dir
-    from core.worlds.pii import make_people
-    from core.worlds.tokenizer import train_tokenizer
+    from unlearnd.core.worlds.families import Shape, build_family_dir
+    from unlearnd.core.worlds.pii import make_people
+    from unlearnd.core.worlds.tokenizer import train_tokenizer
 
     people = [p.render() for p in make_people(64, random.Random(0))]
     tok = train_tokenizer(people, 1024)
@@ -31,7 +31,7 @@ def llama_dir(tmp_path_factory):
 
 
 def _records(texts):
-    from core.records import Record
+    from unlearnd.core.records import Record
 
     return [Record(text=t) for t in texts]
 
@@ -48,12 +48,12 @@ def test_bf16_job_runs_under_autocast_and_its_adapter_reproduces_it_on_a_fresh_b
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.config import UnlearnConfig
-    from core.data import encode_set
-    from core.device import resolve_precision
-    from core.modeling import load_model
-    from core.pipeline import run_forget
-    from core.serving import adapter_problems
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.device import resolve_precision
+    from unlearnd.core.modeling import load_model
+    from unlearnd.core.pipeline import run_forget
+    from unlearnd.core.serving import adapter_problems
 
     source, people = llama_dir
     loaded = load_model(source)
@@ -86,8 +86,8 @@ def test_attention_runs_sdpa_and_the_flash_kernel_and_matches_eager(llama_dir, r
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoModelForCausalLM
 
-    from core.data import encode_set
-    from core.modeling import load_model
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.modeling import load_model
 
     source, people = llama_dir
     loaded = load_model(source)
@@ -114,10 +114,10 @@ def test_attention_runs_sdpa_and_the_flash_kernel_and_matches_eager(llama_dir, r
 
 
 def test_fisher_in_memory_groups_equals_the_fisher_in_one_pass_and_holds_less(llama_dir, record_property):
-    from core.data import encode_set
-    from core.fila import diagonal_fisher
-    from core.modeling import default_target_modules, find_targets, load_model
-    from core.unlearn import fisher_groups, fisher_memory_budget
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.fila import diagonal_fisher
+    from unlearnd.core.modeling import default_target_modules, find_targets, load_model
+    from unlearnd.core.unlearn import fisher_groups, fisher_memory_budget
 
     source, people = llama_dir
     loaded = load_model(source)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
-from worker.model_cache import ModelCache
+from unlearnd.worker.model_cache import ModelCache
 
 _borrow = ModelCache.borrow
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from api.settings import Settings
 from tests.service.support import model_roots_for
+from unlearnd.api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("UNLEARND_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -130,7 +130,7 @@ class WorkerProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "-l", "INFO", *self.extra_args],
+            [sys.executable, "-m", "unlearnd.cli.main", "worker", "-l", "INFO", *self.extra_args],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -216,7 +216,7 @@ class Api:
 
 
 def start_api(settings: Settings) -> Api:
-    from api.server import ServerThread
+    from unlearnd.api.server import ServerThread
 
     server = ServerThread(settings).start()
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from api.models import AdapterVersion, AuditRecord, ForgetRequest
-from worker.runtime import Runtime
+from unlearnd.api.models import AdapterVersion, AuditRecord, ForgetRequest
+from unlearnd.worker.runtime import Runtime
 
 from .support import LONG, TINY, Api, Broker, WorkerProcess, make_settings, register_model, start_api, submit
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,16 +89,16 @@ def test_every_unlearnd_variable_is_a_setting_and_validates(compose: dict):
 def test_api_command_migrates_then_serves_the_real_app(compose: dict, dockerfile: str):
     command = compose["services"]["api"]["command"]
     script = command[-1]
-    assert script.index("alembic upgrade head") < script.index("uvicorn api.app:app")
+    assert script.index("alembic upgrade head") < script.index("uvicorn unlearnd.api.app:app")
     assert (ROOT / "alembic.ini").is_file()
-    assert hasattr(importlib.import_module("api.app"), "app")
+    assert hasattr(importlib.import_module("unlearnd.api.app"), "app")
     assert f"CMD {json.dumps(command)}" in dockerfile  # the image runs the same when started without compose
 
 
 def test_worker_command_is_the_unlearnd_worker_entry_point(compose: dict, dockerfile: str):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["unlearnd"] == "cli.main:main"
-    from cli.main import app
+    assert scripts["unlearnd"] == "unlearnd.cli.main:main"
+    from unlearnd.cli.main import app
 
     help_text = CliRunner().invoke(app, ["worker", "--help"], terminal_width=200).output
     for name in ("worker", "worker-cpu"):
@@ -136,4 +136,4 @@ def test_api_image_installs_no_ml_stack(dockerfile: str):
     assert {"fastapi", "celery", "redis", "sqlalchemy", "alembic", "uvicorn"} <= names
     assert any(line.startswith("psycopg[binary]") for line in out.split())
     api_stage = dockerfile.split("AS api", 1)[1].split("AS worker", 1)[0]
-    assert "import api.app, sys; assert 'torch' not in sys.modules" in api_stage
+    assert "import unlearnd.api.app, sys; assert 'torch' not in sys.modules" in api_stage

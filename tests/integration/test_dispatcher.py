@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 
-from api.server import ServerThread
-from api.settings import Settings
 from tests.service.support import model_roots_for
-from worker.celery_app import TASK_NAME, make_celery
-from worker.dispatch import CeleryDispatcher, build_dispatcher
-from worker.runtime import Runtime
+from unlearnd.api.server import ServerThread
+from unlearnd.api.settings import Settings
+from unlearnd.worker.celery_app import TASK_NAME, make_celery
+from unlearnd.worker.dispatch import CeleryDispatcher, build_dispatcher
+from unlearnd.worker.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -32,9 +32,9 @@ def test_celery_configuration_follows_the_job_protocol():
 
 def test_the_api_side_of_celery_imports_no_torch_and_sends_by_name():
     code = (
-        "import sys, api.app, worker.dispatch, worker.celery_app as c; "
-        "from api.settings import Settings; c.make_celery(Settings()); "
-        "assert 'torch' not in sys.modules and 'worker.runner' not in sys.modules, 'imported'; print('ok')"
+        "import sys, unlearnd.api.app, unlearnd.worker.dispatch, unlearnd.worker.celery_app as c; "
+        "from unlearnd.api.settings import Settings; c.make_celery(Settings()); "
+        "assert 'torch' not in sys.modules and 'unlearnd.worker.runner' not in sys.modules, 'imported'; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -43,7 +43,7 @@ def test_the_api_side_of_celery_imports_no_torch_and_sends_by_name():
 
 def test_worker_app_registers_the_task_and_touches_no_cuda():
     code = (
-        "import sys, worker.celery_app as c; app = c.app; assert 'unlearnd.run_job' in app.tasks; "
+        "import sys, unlearnd.worker.celery_app as c; app = c.app; assert 'unlearnd.run_job' in app.tasks; "
         "import torch; assert not torch.cuda.is_initialized(); print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

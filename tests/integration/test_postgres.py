@@ -14,14 +14,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text, update
 
-from api.db import alembic_config, make_engine, transaction, upgrade_to_head
-from api.models import Base, BaseModel, Job, utcnow
-from api.security import ensure_tenant
-from api.settings import Settings
-from worker import protocol
-from worker.runner import _serialise_claims_of_model
-from worker.runtime import Runtime
-from worker.sweeper import sweep_once
+from unlearnd.api.db import alembic_config, make_engine, transaction, upgrade_to_head
+from unlearnd.api.models import Base, BaseModel, Job, utcnow
+from unlearnd.api.security import ensure_tenant
+from unlearnd.api.settings import Settings
+from unlearnd.worker import protocol
+from unlearnd.worker.runner import _serialise_claims_of_model
+from unlearnd.worker.runtime import Runtime
+from unlearnd.worker.sweeper import sweep_once
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.orm import make_transient
 
-from api.db import alembic_config, transaction
-from api.models import AuditRecord
 from tests.security.conftest import publish_request
 from tests.security.test_hostile_inputs import CURSORS, DATES, SOURCES, _paginated, _tampered
 from tests.service.support import Live, make_model_dir, start_live, stop_live
+from unlearnd.api.db import alembic_config, transaction
+from unlearnd.api.models import AuditRecord
 
 pytestmark = pytest.mark.integration
 

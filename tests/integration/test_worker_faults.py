@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from api.models import AdapterVersion, AuditRecord
-from worker.runtime import Runtime
+from unlearnd.api.models import AdapterVersion, AuditRecord
+from unlearnd.worker.runtime import Runtime
 
 from .support import LONG, TINY, Api, Broker, WorkerProcess, make_settings, register_model, start_api, submit
 

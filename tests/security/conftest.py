@@ -9,14 +9,14 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from api import forget, schemas
-from api.db import transaction
-from api.models import ApiKey, utcnow
-from api.security import ALL_SCOPES, create_api_key
-from api.settings import Settings
 from tests.service.support import Live, start_live, stop_live
-from worker import protocol
-from worker.publish import Built, active_version, publish
+from unlearnd.api import forget, schemas
+from unlearnd.api.db import transaction
+from unlearnd.api.models import ApiKey, utcnow
+from unlearnd.api.security import ALL_SCOPES, create_api_key
+from unlearnd.api.settings import Settings
+from unlearnd.worker import protocol
+from unlearnd.worker.publish import Built, active_version, publish
 
 RECORDS = [{"text": "Quentin Marsh was born in Oakridge."}, {"prompt": "His phone is", "completion": " 555 0101."}]
 REPORT = {

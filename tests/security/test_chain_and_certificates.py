@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from api import certificates
-from api.db import transaction
-from api.settings import Settings
-from cli.main import app as cli_app
 from tests.service.support import ADMIN_KEY, Live, make_model_dir, start_live, stop_live
+from unlearnd.api import certificates
+from unlearnd.api.db import transaction
+from unlearnd.api.settings import Settings
+from unlearnd.cli.main import app as cli_app
 
 from .conftest import RECORDS, expect_error, publish_request, sessions
 

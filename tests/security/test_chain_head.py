@@ -12,10 +12,10 @@ from alembic import command
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from api import certificates, chain_head
-from api.db import alembic_config, transaction
-from cli.main import app as cli_app
 from tests.service.support import ADMIN_KEY, Live, make_model_dir, start_live, stop_live
+from unlearnd.api import certificates, chain_head
+from unlearnd.api.db import alembic_config, transaction
+from unlearnd.cli.main import app as cli_app
 
 from .conftest import publish_request, sessions
 

@@ -26,15 +26,15 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select
 
-from api import certificates
-from api.app import create_app
-from api.archive import pack_dir
-from api.blobs import BlobStore
-from api.db import make_engine, make_session_factory, transaction, upgrade_to_head
-from api.models import AuditRecord, BaseModel
-from api.security import ensure_bootstrap_key, ensure_tenant
 from tests.service.support import ADMIN_KEY, make_settings
-from worker.publish import Built
+from unlearnd.api import certificates
+from unlearnd.api.app import create_app
+from unlearnd.api.archive import pack_dir
+from unlearnd.api.blobs import BlobStore
+from unlearnd.api.db import make_engine, make_session_factory, transaction, upgrade_to_head
+from unlearnd.api.models import AuditRecord, BaseModel
+from unlearnd.api.security import ensure_bootstrap_key, ensure_tenant
+from unlearnd.worker.publish import Built
 
 from .conftest import REPORT, publish_request
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from api.models import AuditRecord, BaseModel
 from tests.service.support import Live, make_model_dir, start_live, stop_live
+from unlearnd.api.models import AuditRecord, BaseModel
 
 from .conftest import expect_error, publish_request, sessions
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from api.db import transaction
-from api.idempotency import fingerprint, reserve
-from api.models import ForgetRequest, IdempotencyKey, utcnow
-from api.security import ensure_tenant
 from tests.service.support import Live, make_model_dir, start_live, stop_live
+from unlearnd.api.db import transaction
+from unlearnd.api.idempotency import fingerprint, reserve
+from unlearnd.api.models import ForgetRequest, IdempotencyKey, utcnow
+from unlearnd.api.security import ensure_tenant
 
 from .conftest import client, expect_error, make_key, sessions
 

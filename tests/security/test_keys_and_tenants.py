@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from api.db import transaction
-from api.models import AdapterVersion
-from api.security import ALL_SCOPES, revoke_api_key
-from cli.main import app as cli_app
 from tests.service.support import Live, make_model_dir, wait_for_request
+from unlearnd.api.db import transaction
+from unlearnd.api.models import AdapterVersion
+from unlearnd.api.security import ALL_SCOPES, revoke_api_key
+from unlearnd.cli.main import app as cli_app
 
 from .conftest import client, expect_error, make_key, sessions
 
@@ -92,7 +92,7 @@ def acme(live: Live, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _tenant_of(live: Live, key: str) -> str:
-    from api.security import find_api_key
+    from unlearnd.api.security import find_api_key
 
     with transaction(sessions(live)) as session:
         return find_api_key(session, live.settings, key).tenant_id

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import MetaData, select
 from typer.testing import CliRunner
 
-from api import certificates
-from api.db import make_engine
-from api.security import record_hash
-from cli.main import app as cli_app
-from core.records import Record
 from tests.conftest import fast_config
 from tests.service.support import ADMIN_KEY, Live, start_live, stop_live
+from unlearnd.api import certificates
+from unlearnd.api.db import make_engine
+from unlearnd.api.security import record_hash
+from unlearnd.cli.main import app as cli_app
+from unlearnd.core.records import Record
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from api.db import upgrade_to_head
-from api.settings import Settings
-from worker.runtime import Runtime
+from unlearnd.api.db import upgrade_to_head
+from unlearnd.api.settings import Settings
+from unlearnd.worker.runtime import Runtime
 
 from .support import Live, make_settings, start_live, stop_live
 
@@ -43,7 +43,7 @@ def service_world(request: pytest.FixtureRequest):
     try:
         return request.getfixturevalue("tiny_world")
     except pytest.FixtureLookupError:
-        from core.worlds.pii import build_world, tiny_spec
+        from unlearnd.core.worlds.pii import build_world, tiny_spec
 
         root = Path(__file__).resolve().parents[2] / ".cache" / "service-tiny-world"
         return build_world(root, tiny_spec(), log=lambda _m: None)
@@ -52,7 +52,7 @@ def service_world(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def job_config() -> dict:
     """Request fields (method, init, config) for a job of a few seconds on the tiny world."""
-    from core.config import UnlearnConfig
+    from unlearnd.core.config import UnlearnConfig
 
     try:
         from tests.conftest import fast_config
@@ -65,7 +65,7 @@ def job_config() -> dict:
 
 
 def config_body(config) -> dict:
-    from api.schemas import ConfigIn
+    from unlearnd.api.schemas import ConfigIn
 
     values = config.to_dict()
     tunables = {k: v for k, v in values.items() if k in ConfigIn.model_fields and v is not None}

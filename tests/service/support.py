@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from api.db import transaction
-from api.models import BaseModel
-from api.settings import Settings
-from worker.runtime import Runtime
+from unlearnd.api.db import transaction
+from unlearnd.api.models import BaseModel
+from unlearnd.api.settings import Settings
+from unlearnd.worker.runtime import Runtime
 
 ADMIN_KEY = "uk_test0000_admin-secret-for-tests"
 FINAL = ("succeeded", "failed", "cancelled")
@@ -84,7 +84,7 @@ def start_live(data_dir: Path, *, run_jobs: bool = True, **overrides) -> Live:
     """A live server; `run_jobs=False` stops its dispatcher (and sweeper) at once, for tests that publish
     requests themselves (tests/security/conftest.publish_request): a running sweeper could claim such a
     request's job between its creation and the test's own claim."""
-    from api.server import ServerThread
+    from unlearnd.api.server import ServerThread
 
     s = make_settings(data_dir, **overrides)
     server = ServerThread(s).start()

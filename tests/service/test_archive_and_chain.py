@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from api import audit
-from api.archive import file_sha256, pack_dir, unpack
-from api.db import transaction
-from api.models import AuditRecord, Job, utcnow
-from api.security import ensure_tenant
+from unlearnd.api import audit
+from unlearnd.api.archive import file_sha256, pack_dir, unpack
+from unlearnd.api.db import transaction
+from unlearnd.api.models import AuditRecord, Job, utcnow
+from unlearnd.api.security import ensure_tenant
 
 from .support import add_model_row
 
@@ -68,7 +68,7 @@ def _append(session, tenant_id: str, model_id: str, job_id: str, request_id: str
 
 
 def test_chain_verifies_and_a_tampered_row_is_found(rt):
-    from api.models import ForgetRequest, JobRequest
+    from unlearnd.api.models import ForgetRequest, JobRequest
 
     with transaction(rt.sessions) as session:
         tenant_id = ensure_tenant(session).id

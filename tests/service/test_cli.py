@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from unlearnd.cli.main import app
 
 from .support import ADMIN_KEY, Live
 

@@ -12,11 +12,11 @@ from rich.console import Console
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from cli.audit_view import audit_table
-from cli.main import app
-from cli.output import PIPED_WIDTH, console
-from cli.progress import describe
 from unlearnd import ForgetRequest
+from unlearnd.cli.audit_view import audit_table
+from unlearnd.cli.main import app
+from unlearnd.cli.output import PIPED_WIDTH, console
+from unlearnd.cli.progress import describe
 
 from .support import ADMIN_KEY, Live, make_model_dir
 
@@ -149,7 +149,7 @@ def test_piped_output_is_never_wrapped():
 
 
 def test_the_audit_view_flags_a_retain_loss_and_explains_its_terms():
-    from cli.audit_view import print_audit
+    from unlearnd.cli.audit_view import print_audit
 
     metrics = {
         "steps": 12,

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from api import forget, schemas
-from api.db import transaction, upgrade_to_head
-from api.models import AuditRecord, ForgetRequest, Job, JobRequest, utcnow
-from api.security import create_api_key
-from worker import protocol, transitions
-from worker.publish import Built, publish
-from worker.runtime import Runtime
+from unlearnd.api import forget, schemas
+from unlearnd.api.db import transaction, upgrade_to_head
+from unlearnd.api.models import AuditRecord, ForgetRequest, Job, JobRequest, utcnow
+from unlearnd.api.security import create_api_key
+from unlearnd.worker import protocol, transitions
+from unlearnd.worker.publish import Built, publish
+from unlearnd.worker.runtime import Runtime
 
 from .support import add_model_row, make_settings
 

@@ -24,7 +24,7 @@ def test_the_demo_explains_itself_and_keeps_what_it_names(tiny_world, tmp_path: 
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "unlearnd.cli.main",
             "demo",
             "--quick",
             "--max-steps",

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from api.db import transaction
-from api.models import AdapterVersion, AuditRecord, ForgetRequest, Job
-from worker.model_cache import model_cache
-from worker.runner import NOT_CLAIMED, SUCCEEDED, run_job
+from unlearnd.api.db import transaction
+from unlearnd.api.models import AdapterVersion, AuditRecord, ForgetRequest, Job
+from unlearnd.worker.model_cache import model_cache
+from unlearnd.worker.runner import NOT_CLAIMED, SUCCEEDED, run_job
 
 from .support import Live, add_model_row
 
@@ -40,9 +40,9 @@ def _metrics(model_dir: Path, adapter_dir: Path | None, records, generate: bool 
     """Metrics of `records` on the base model (plus the adapter, loaded with PEFT): MA, EL10, extraction."""
     import torch
 
-    from core.data import encode_set
-    from core.metrics import evaluate_set
-    from core.modeling import load_model
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import evaluate_set
+    from unlearnd.core.modeling import load_model
 
     loaded = load_model(model_dir, device="cpu")
     model = loaded.model
@@ -278,8 +278,8 @@ def test_model_dir_replaced_after_registration_is_refused(live: Live, service_wo
 
 
 def test_two_racing_run_job_calls_publish_exactly_once(rt, service_world, job_config):
-    from api import forget, schemas
-    from api.security import create_api_key
+    from unlearnd.api import forget, schemas
+    from unlearnd.api.security import create_api_key
 
     with transaction(rt.sessions) as session:
         key, _ = create_api_key(session, rt.settings)

@@ -5,9 +5,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db import alembic_config, make_engine, upgrade_to_head
-from api.models import Base
-from api.settings import Settings
+from unlearnd.api.db import alembic_config, make_engine, upgrade_to_head
+from unlearnd.api.models import Base
+from unlearnd.api.settings import Settings
 
 
 def _settings(tmp_path: Path) -> Settings:

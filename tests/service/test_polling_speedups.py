@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import forget, schemas
-from api.app import create_app
-from api.db import transaction
-from api.models import (
+from unlearnd.api import forget, schemas
+from unlearnd.api.app import create_app
+from unlearnd.api.db import transaction
+from unlearnd.api.models import (
     FINAL_STATUSES,
     RUNNING,
     AdapterVersion,
@@ -29,9 +29,9 @@ from api.models import (
     JobRequest,
     utcnow,
 )
-from api.security import create_api_key, revoke_api_key
-from worker import protocol, transitions
-from worker.publish import Built, publish
+from unlearnd.api.security import create_api_key, revoke_api_key
+from unlearnd.worker import protocol, transitions
+from unlearnd.worker.publish import Built, publish
 
 from .support import ADMIN_KEY, add_model_row, make_settings
 

@@ -9,20 +9,20 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from api import audit, schemas
-from api.db import transaction
-from api.models import AdapterVersion, AuditRecord, ForgetRequest, Job, JobEvent, utcnow
-from api.security import create_api_key
-from worker import protocol, transitions
-from worker.publish import Built, LostLease, StaleParent, publish
-from worker.runner import NOT_CLAIMED, run_job
-from worker.sweeper import sweep_once
+from unlearnd.api import audit, schemas
+from unlearnd.api.db import transaction
+from unlearnd.api.models import AdapterVersion, AuditRecord, ForgetRequest, Job, JobEvent, utcnow
+from unlearnd.api.security import create_api_key
+from unlearnd.worker import protocol, transitions
+from unlearnd.worker.publish import Built, LostLease, StaleParent, publish
+from unlearnd.worker.runner import NOT_CLAIMED, run_job
+from unlearnd.worker.sweeper import sweep_once
 
 from .support import add_model_row
 
 
 def _submit(rt, tmp_path, n: int = 1) -> list[tuple[str, str]]:
-    from api import forget
+    from unlearnd.api import forget
 
     with transaction(rt.sessions) as session:
         key, _ = create_api_key(session, rt.settings)
@@ -189,7 +189,7 @@ def test_submission_commits_request_and_job_together(rt, tmp_path):
         assert req.payload and b"record 0" not in req.payload  # encrypted at rest
         assert len(req.record_hashes) == 1 and req.subject_hash != "s0"
         assert session.scalar(select(func.count()).select_from(Job)) == 1
-        from api.crypto import decrypt_payload
+        from unlearnd.api.crypto import decrypt_payload
 
         assert decrypt_payload(rt.settings, req_id, req.payload)["records"] == [{"text": "record 0"}]
         with pytest.raises(Exception):  # noqa: B017 - bound to its request id
@@ -222,7 +222,7 @@ def test_scratch_directories_of_attempts_that_cannot_run_are_removed(rt, tmp_pat
     finished or unknown jobs and of superseded attempts, a new attempt those of the job's earlier ones."""
     from datetime import timedelta
 
-    from worker import scratch
+    from unlearnd.worker import scratch
 
     (_, done), (_, rerun), (_, dead) = _submit(rt, tmp_path, n=3)
     with transaction(rt.sessions) as session:
@@ -245,7 +245,7 @@ def test_a_source_outside_the_workers_model_roots_fails_the_job(rt, tmp_path):
     """The worker resolves the stored source against its own UNLEARND_MODEL_ROOTS at every job: a model row
     whose source is not inside them (a legacy absolute path, a symlink swapped after registration) fails
     with a clear error instead of loading whatever the path now names."""
-    from worker.runner import FAILED
+    from unlearnd.worker.runner import FAILED
 
     [(req_id, job_id)] = _submit(rt, tmp_path)  # source: the test's tmp dir, not inside a model root
     assert run_job(job_id, rt) == FAILED

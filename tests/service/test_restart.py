@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from api import forget, schemas
-from api.db import transaction, upgrade_to_head
-from api.models import AdapterVersion, AuditRecord, Job, JobEvent, utcnow
-from api.security import create_api_key
-from worker.runtime import Runtime
+from unlearnd.api import forget, schemas
+from unlearnd.api.db import transaction, upgrade_to_head
+from unlearnd.api.models import AdapterVersion, AuditRecord, Job, JobEvent, utcnow
+from unlearnd.api.security import create_api_key
+from unlearnd.worker.runtime import Runtime
 
 from .support import (
     ADMIN_KEY,
@@ -162,7 +162,7 @@ def _serve(data: Path, port: int) -> subprocess.Popen:
         "UNLEARND_DEVICE": "cpu",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+        [sys.executable, "-m", "unlearnd.cli.main", "serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -7,20 +7,23 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
+from unlearnd.api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_api_app_import_does_not_import_torch():
-    code = "import api.app, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    code = "import unlearnd.api.app, sys; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
 
 def test_cli_import_does_not_import_torch():
-    code = "import cli.service_cmds, sys; assert 'torch' not in sys.modules; assert 'api.app' not in sys.modules"
+    code = (
+        "import unlearnd.cli.service_cmds, sys; "
+        "assert 'torch' not in sys.modules; assert 'unlearnd.api.app' not in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
@@ -54,7 +57,7 @@ def _docs_status(tmp_path: Path, **overrides) -> set[int]:
     """The statuses of /docs, /redoc and /openapi.json, asked without a key."""
     import anyio
 
-    from api.app import create_app
+    from unlearnd.api.app import create_app
 
     app = create_app(Settings(data_dir=tmp_path / "data", **overrides))
 

@@ -4,7 +4,7 @@ import threading
 
 from sqlalchemy import text
 
-from api.db import make_engine, make_session_factory, read_only_factory
+from unlearnd.api.db import make_engine, make_session_factory, read_only_factory
 
 
 def test_reader_is_not_blocked_by_a_writer_holding_the_lock(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
-from worker.model_cache import ModelCache
+from unlearnd.api.settings import Settings
+from unlearnd.worker.model_cache import ModelCache
 
 
 def test_worker_gpus_become_the_devices_a_model_is_placed_across(tmp_path):
@@ -18,10 +18,12 @@ def test_worker_gpus_become_the_devices_a_model_is_placed_across(tmp_path):
 
 
 def test_the_model_cache_loads_with_the_workers_devices_and_keys_by_them(monkeypatch, tmp_path):
-    import core.modeling
+    import unlearnd.core.modeling
 
     calls = []
-    monkeypatch.setattr(core.modeling, "load_model", lambda path, device, devices: calls.append(devices) or object())
+    monkeypatch.setattr(
+        unlearnd.core.modeling, "load_model", lambda path, device, devices: calls.append(devices) or object()
+    )
     cache = ModelCache(capacity=2)
     for devices in (["cuda:0", "cuda:1"], ["cuda:0", "cuda:1"], None):
         with cache.borrow(str(tmp_path), None, devices=devices):
