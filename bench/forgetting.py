@@ -15,6 +15,7 @@ AUC distance from 0.5 against retain extraction kept).
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 
@@ -46,7 +47,9 @@ def fresh_people(world, n: int, seed: int = 12345) -> list:
     return [Record(text=t) for t in fresh[:n]]
 
 
-def run(quick: bool, seeds: int, sizes: list[int], max_steps: int, grid: list | None = None) -> dict:
+def run(
+    quick: bool, seeds: int, sizes: list[int], max_steps: int, grid: list | None = None, overrides: dict | None = None
+) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -68,7 +71,7 @@ def run(quick: bool, seeds: int, sizes: list[int], max_steps: int, grid: list | 
         for method, init in grid or (QUICK_GRID if quick else GRID):
             runs = []
             for seed in range(seeds):
-                config = UnlearnConfig(method=method, init=init, seed=seed, max_steps=max_steps)
+                config = UnlearnConfig(method=method, init=init, seed=seed, max_steps=max_steps, **(overrides or {}))
                 out = Path(tempfile.mkdtemp(prefix=f"bench-{method}-{init}-"))
                 result = run_forget(loaded, forget, retain, holdout, config, out_dir=out)
                 r = result.report
@@ -90,6 +93,7 @@ def run(quick: bool, seeds: int, sizes: list[int], max_steps: int, grid: list | 
         "seeds": seeds,
         "sizes": sizes,
         "max_steps": max_steps,
+        "config_overrides": overrides or {},
         "world": world.info["spec"],
         "machine": machine(),
         "fresh_people": len(fresh),
@@ -218,11 +222,15 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None, help="step budget (default: each method's)")
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
     ap.add_argument("--methods", nargs="*", default=None, help="method+init pairs, e.g. ctd+fila ihl+lora")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config field for every run (JSON value)"
+    )
     args = ap.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     seeds = 1 if args.quick else args.seeds
     sizes = args.sizes or ([1, 4] if args.quick else [1, 10, 30])
     grid = [tuple(m.split("+")) for m in args.methods] if args.methods else None
-    result = run(args.quick, seeds, sizes, 20 if args.quick else args.max_steps, grid)
+    result = run(args.quick, seeds, sizes, 20 if args.quick else args.max_steps, grid, overrides)
     path = emit("forgetting-quick" if args.quick else "forgetting", result)
     plot(result, path.with_suffix(".png"))
 

@@ -24,6 +24,7 @@ from unlearnd.core.losses import OBJECTIVES
 from unlearnd.core.metrics import SetScores, evaluate_set, mia, probe_accuracy
 from unlearnd.core.modeling import LoadedModel, context_length, default_target_modules, find_targets
 from unlearnd.core.records import Probe, Record
+from unlearnd.core.self_samples import sample_rows
 from unlearnd.core.unlearn import (
     Adapted,
     CancelCheck,
@@ -217,6 +218,18 @@ def _forget(
             # A pure anchor also holds the model's behaviour on never-seen records (KL only): what the verdict
             # compares the forget set with stays where it was instead of drifting with the unlearning.
             reference = sets.holdout if objective.anchors_reference and len(sets.holdout) else None
+            samples = None
+            if reference is not None and config.anchor_samples:
+                # ... and on what the original model writes unprompted: its knowledge beyond the registered sets.
+                with adapted.original() as original_model:
+                    samples = sample_rows(
+                        original_model,
+                        tokenizer,
+                        config.anchor_samples,
+                        min(config.anchor_sample_tokens, context_length(model) or config.anchor_sample_tokens),
+                        config.seed,
+                        device,
+                    )
             if config.init == "fila":
                 fisher_retain = concat([sets.retain, reference]) if reference is not None else sets.retain
                 init_fila(adapted, config, forget_ts, fisher_retain, device, progress, previous=prev_delta)
@@ -237,6 +250,7 @@ def _forget(
                 anchored=anchored,
                 calibration=plan,
                 reference_ts=reference,
+                samples_ts=samples,
             )
 
             if config.init != "full" and rank_of(adapted.delta()) > config.max_adapter_rank:

@@ -454,6 +454,7 @@ def train(
     anchored: bool = False,
     calibration: Calibration | None = None,
     reference_ts: TokenSet | None = None,
+    samples_ts: TokenSet | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
     or `max_steps`. Without a rule (no holdout set) it runs `max_steps` and never claims "reached".
@@ -463,7 +464,9 @@ def train(
     `calibration`: what the `ctd` objective derives its forget-token targets from (`calibrate`), with the
     holdout's profiles under the current model, at the start and after every check. `reference_ts`: never-seen
     records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
-    step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift."""
+    step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift.
+    `samples_ts`: the original model's own samples (core/self_samples.py), another quarter, taken from the
+    retain rows' share: its knowledge beyond the registered sets does not drift either."""
     objective = OBJECTIVES[config.method]
     targets: ForgetTargets | None = None
     if objective.needs_forget_targets:
@@ -480,11 +483,13 @@ def train(
     torch.manual_seed(config.seed)
     forget_batches = _batches(len(forget_ts), config.batch_size, gen)
     use_retain = objective.uses_retain and len(retain_ts) > 0 and config.retain_batch_size > 0
-    n_ref = (
-        max(1, config.retain_batch_size // 4) if use_retain and reference_ts is not None and len(reference_ts) else 0
-    )
-    retain_batches = _batches(len(retain_ts), config.retain_batch_size - n_ref, gen) if use_retain else None
+    quarter = max(1, config.retain_batch_size // 4)
+    n_ref = quarter if use_retain and reference_ts is not None and len(reference_ts) else 0
+    n_samp = quarter if n_ref and samples_ts is not None and len(samples_ts) else 0
+    n_retain = max(1, config.retain_batch_size - n_ref - n_samp)
+    retain_batches = _batches(len(retain_ts), n_retain, gen) if use_retain else None
     reference_batches = _batches(len(reference_ts), n_ref, gen) if n_ref else None
+    sample_batches = _batches(len(samples_ts), n_samp, gen) if n_samp else None
 
     ref_forget_logp = None
     if objective.needs_ref_forget_logp:
@@ -560,6 +565,10 @@ def train(
             x_idx = next(reference_batches)
             rb = concat([rb, reference_ts.select(x_idx)])
             reference_keys = [("reference", i) for i in x_idx]
+        if sample_batches is not None:
+            s_idx = next(sample_batches)
+            rb = concat([rb, samples_ts.select(s_idx)])
+            reference_keys += [("sample", i) for i in s_idx]
         rb = rb.to(device) if rb is not None else None
         # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
         # on matmuls twice as tall (the step is launch-bound on small models).
@@ -575,7 +584,7 @@ def train(
                 forget_labels=fb.labels,
                 retain_weight=config.retain_weight,
                 margin_weight=config.margin_weight,
-                hinge_rows=config.retain_batch_size - n_ref if n_ref else None,
+                hinge_rows=n_retain if n_ref else None,
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
             )
