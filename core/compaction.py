@@ -36,6 +36,7 @@ class Compaction:
     kl_before_repair: dict[str, float]  # mean KL(uncompressed ‖ compact) per target token, per set
     kl_after_repair: dict[str, float]
     repair_steps: int
+    repair_kept: bool = True  # False: the repair moved the compact model away from the uncompressed one (reverted)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -68,7 +69,7 @@ def compact(
     device: torch.device,
     *,
     steps: int = 30,
-    lr: float = 1e-3,
+    lr: float = 1e-4,
     batch_rows: int = 16,
     seed: int = 0,
 ) -> tuple[Delta, Compaction]:
@@ -139,6 +140,19 @@ def compact(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     after = {name: kl_on(ts) for name, ts in probe.items()}
+    # The repair must bring the compact model closer to the uncompressed one; where it does not (the truncation
+    # already within ~1e-3 KL, and every Adam step moves each factor by ~lr whatever the gradient), the
+    # truncation alone is the version (measured on the demo stream: KL 0.0019 → 0.028 on the holdout at lr 1e-3).
+    repair_kept = sum(after.values()) <= sum(before.values())
+    if not repair_kept:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                (comp,) = truncated[name]
+                a = torch.zeros_like(layer.lora_A[COMPACT].weight)
+                b = torch.zeros_like(layer.lora_B[COMPACT].weight)
+                a[: comp.a.size(0)], b[:, : comp.b.size(1)] = comp.a.to(a), comp.b.to(b)
+                lora.set_factors(layer, a, b, adapter=COMPACT)
+        after = {name: kl_on(ts) for name, ts in probe.items()}
     model.set_adapter(COMPACT)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -155,5 +169,6 @@ def compact(
         kl_before_repair=before,
         kl_after_repair=after,
         repair_steps=steps,
+        repair_kept=repair_kept,
     )
     return compacted, report

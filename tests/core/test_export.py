@@ -162,3 +162,35 @@ def test_a_version_beyond_the_rank_bound_is_compacted_and_still_exports_exactly(
     assert info["export_max_abs_diff"] <= 1e-4
     _, cfg = read_adapter(v2.adapter_dir)
     assert cfg["r"] == 8
+
+
+@pytest.mark.slow
+def test_a_repair_that_moves_away_from_the_uncompressed_model_is_reverted_to_the_truncation(tiny_world):
+    """Compaction's repair may only bring the compact model closer to the uncompressed one: a repair that does
+    not (here forced with a learning rate of 1) is undone, and the version is the truncated SVD as it was."""
+    from unlearnd.core import lora
+    from unlearnd.core.compaction import COMPACT, compact, truncate
+
+    loaded = load_model(tiny_world.model_dir, device="cpu")  # its own copy: peft layers are injected in place
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.device
+    names = default_target_modules(model)
+    targets = find_targets(model, names)
+    peft_model = lora.wrap(model, 8, 8.0, sorted({n.rsplit(".", 1)[-1] for n in targets}), False, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    delta = {}
+    for name, layer in lora.lora_layers(peft_model).items():
+        a = torch.randn(layer.lora_A["default"].weight.shape, generator=gen) * 0.05
+        b = torch.randn(layer.lora_B["default"].weight.shape, generator=gen) * 0.05
+        lora.set_factors(layer, a, b)
+        delta[name] = [Component(a, b, lora.scaling_of(layer))]
+    sets = {"retain": encode_set(tok, tiny_world.retain[:16]), "holdout": encode_set(tok, tiny_world.holdout[:8])}
+    compacted, report = compact(peft_model, delta, 4, sets, device, steps=5, lr=1.0)
+    assert not report.repair_kept
+    assert report.kl_after_repair == pytest.approx(report.kl_before_repair, abs=1e-6)
+    truncated, _, _ = truncate(delta, 4)
+    for name, layer in lora.lora_layers(peft_model).items():
+        a, b = lora.get_factors(layer, COMPACT)
+        (comp,) = truncated[name]
+        assert torch.allclose(b @ a, comp.b @ comp.a, atol=1e-6)
+        (c,) = compacted[name]
+        assert torch.allclose(c.delta(), comp.delta(), atol=1e-6)
