@@ -30,6 +30,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "retain_batch_size": 32,
         "warmup_steps": 8,
         "max_steps": 200,
+        "budget_records": 30,
         "anchor_samples": 64,
     },
     "*": {
@@ -39,6 +40,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "retain_batch_size": 16,
         "warmup_steps": 0,
         "max_steps": 100,
+        "budget_records": 0,
         "anchor_samples": 0,
     },
 }
@@ -80,6 +82,9 @@ class UnlearnConfig:
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
     previous_kl_weight: float = 3.0
     max_steps: int | None = None  # None: the method's default (METHOD_DEFAULTS)
+    # The forget-set size max_steps is sized for: a larger set (a job serving coalesced requests) gets
+    # proportionally more steps (core/unlearn.py `step_budget`); 0: max_steps whatever the size.
+    budget_records: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     # ctd's anchor also holds this many sequences the original model samples itself (core/self_samples.py)
     anchor_samples: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     anchor_sample_tokens: int = 48  # at most, per sample
@@ -129,6 +134,7 @@ class UnlearnConfig:
             ("previous_kl_weight", 0 <= self.previous_kl_weight <= 100),
             ("max_steps", 1 <= self.max_steps <= 100_000),
             ("anchor_samples", 0 <= self.anchor_samples <= 100_000),
+            ("budget_records", 0 <= self.budget_records <= 10_000_000),
             ("anchor_sample_tokens", 2 <= self.anchor_sample_tokens <= 32_768),
             ("eval_every", 1 <= self.eval_every <= 100_000),
             ("npo_beta", 0 < self.npo_beta <= 10),

@@ -279,3 +279,22 @@ def test_a_job_serving_several_requests_gives_each_its_own_verdict(tiny_loaded, 
         assert q["after"]["scores"]["loss"]["n_forget"] == q["records"]
     with pytest.raises(InvalidInput, match="partition"):
         run_forget(tiny_loaded, forget, [], holdout, fast_config(), out_dir=tmp_path / "x", groups=[[0, 1]])
+
+
+def test_a_forget_set_larger_than_the_budget_was_sized_for_gets_proportionally_more_steps():
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.unlearn import step_budget
+
+    ctd = UnlearnConfig()  # 200 steps, sized for 30 records
+    assert [step_budget(ctd, n) for n in (1, 10, 30, 38, 60)] == [200, 200, 200, 254, 400]
+    assert step_budget(UnlearnConfig(method="ihl"), 1000) == 100  # fixed budget: budget_records 0
+
+
+@pytest.mark.slow
+def test_the_loop_runs_the_scaled_budget(tiny_loaded, tiny_world, tmp_path):
+    """A job that cannot reach the verdict (a learning rate of 1e-9) runs out the budget scaled to its forget
+    set: 4 steps sized for 2 records, for the tiny world's forget set."""
+    n = len(tiny_world.forget)
+    config = fast_config(lr=1e-9, max_steps=4, budget_records=2, eval_every=1000)
+    result = run_forget(tiny_loaded, tiny_world.forget, tiny_world.retain, tiny_world.holdout, config, out_dir=tmp_path)
+    assert n > 2 and result.report["steps"] == -(-4 * n // 2) and not result.reached
