@@ -96,6 +96,12 @@ class ConfigIn(_In):
         None, ge=8, le=512, description="Compact the cumulative adapter beyond this rank (the service's cap wins)."
     )
     compaction_steps: int | None = Field(None, ge=0, le=10_000, description="Repair steps after a compaction.")
+    anchor_samples: int | None = Field(
+        None, ge=0, le=100_000, description="ctd: samples of the original model its anchor holds (0: none)."
+    )
+    budget_records: int | None = Field(
+        None, ge=0, le=10_000_000, description="Forget records max_steps is sized for; more get more steps (0: fixed)."
+    )
     test_alpha: float | None = Field(None, gt=0, lt=1, description="Verdict: level of the two-sided U test.")
     auc_tolerance: float | None = Field(None, gt=0, le=0.5, description="Verdict: every AUC within 0.5 ± this.")
     tail_p: float | None = Field(None, ge=0, lt=1, description="Verdict: family-wise level of the tail check.")

@@ -79,6 +79,12 @@ def unlearn(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Step budget (default: the method's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     previous: Annotated[Path | None, typer.Option(help="Adapter this one builds on (cumulative).")] = None,
+    anchor_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--anchor-samples", help="ctd: the original model's own samples its anchor holds (default 64; 0: none)."
+        ),
+    ] = None,
 ) -> None:
     """Unlearn the forget records from a model and write a PEFT LoRA adapter plus report.json."""
     from unlearnd.core.config import UnlearnConfig
@@ -94,6 +100,7 @@ def unlearn(
             lr=lr,
             max_steps=max_steps,
             seed=seed,
+            anchor_samples=anchor_samples,
         )
         forget_records = read_records(forget)
         if not forget_records:

@@ -14,8 +14,10 @@ CACHE = Path(os.environ.get("UNLEARND_TEST_CACHE", Path(__file__).resolve().pare
 
 def fast_config(**overrides) -> UnlearnConfig:
     """The default method, ctd, with FILA (the init the tiny world's budget was tuned on; the service's default
-    init for ctd, LoRA, is what the demo tests run) and a budget that reaches the verdict in seconds."""
-    base = {"init": "fila", "max_steps": 160, "eval_every": 4, "seed": 0}
+    init for ctd, LoRA, is what the demo tests run), without the anchor's self-samples (sized on the demo world:
+    on the tiny world's 54 retained records, taking a quarter of the anchor rows from them costs retain
+    extraction; tests/core/test_self_samples.py covers them) and a budget that reaches the verdict in seconds."""
+    base = {"init": "fila", "max_steps": 160, "eval_every": 4, "anchor_samples": 0, "seed": 0}
     base.update(overrides)
     return UnlearnConfig(**base)
 

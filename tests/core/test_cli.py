@@ -29,6 +29,8 @@ def test_unlearn_writes_adapter_and_report(tiny_world, tmp_path):
         tiny_world.holdout_path,
         "--max-steps",
         80,
+        "--anchor-samples",  # the tiny world's 80-step budget was sized without them (conftest.fast_config)
+        0,
         "--out",
         out,
     )
