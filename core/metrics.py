@@ -285,7 +285,7 @@ def evaluate_set(
         nll.append(-picked.sum(-1))
         tok.append(mask.sum(-1))
         picked_rows += [p[m].double().cpu() for p, m in zip(picked, mask, strict=True)]
-    gen = generation_scores(model, ts, device, el_n, attack_prefixes, torch.cat(misses)) if generate else None
+    gen = generation_scores(model, ts, device, torch.cat(misses), el_n, attack_prefixes) if generate else None
     if was_training:
         model.train()
     groups = record_rows(ts)
@@ -308,7 +308,7 @@ def evaluate_set(
         extraction_half=gen.extraction_half if gen else nan,
         perplexity=float(torch.exp(nll_t.sum() / tok_t.sum().clamp_min(1))),
     )
-    per_row = {"row_logp": [p.float() for p in picked_rows], "row_hits": hit_t.tolist()}
+    per_row = {"row_logp": picked_rows, "row_hits": hit_t.tolist()}
     if gen is None:
         return SetScores(metrics, loss, min_k, zlib, ma, **per_row)
     return SetScores(metrics, loss, min_k, zlib, ma, gen.record_el, gen.extracted, gen.extracted_short, **per_row)
@@ -345,23 +345,16 @@ def generation_scores(
     model,
     ts: TokenSet,
     device: torch.device,
+    misses: torch.Tensor,
     el_n: int = 10,
     attack_prefixes: tuple[int, ...] = ATTACK_PREFIX_TOKENS,
-    misses: torch.Tensor | None = None,
 ) -> Generation:
     """EL_n and exact extraction of the set's records. Extraction from every attack prefix
-    (`attack_prefix_lengths`) comes from the rows' teacher-forced misses (`last_miss`: exactly what a greedy
-    decode from that prefix would reproduce; computed here when `misses` is not given); EL_n needs the greedy
+    (`attack_prefix_lengths`) comes from the rows' teacher-forced misses (`last_miss`, from the forward pass of
+    `evaluate_set`: exactly what a greedy decode from that prefix would reproduce); EL_n needs the greedy
     continuation itself, from the configured prefix only, and only of rows that prefix does not already
     extract (those reproduce their suffix: EL_n = 1). A record counts as extracted when any prefix of any of
     its windows reproduces the rest of that window token for token; its EL_n is the mean over its windows."""
-    if misses is None:
-        misses = torch.cat(
-            [
-                last_miss(logits[:, :-1].argmax(-1), ts, start)
-                for start, logits in zip(range(0, len(ts), 32), forward_logits(model, ts, device, 32), strict=True)
-            ]
-        )
     miss = misses.tolist()
     n = len(ts)
     hit_any, hit_short, hit_half, el = [False] * n, [False] * n, [False] * n, [1.0] * n

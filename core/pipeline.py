@@ -265,7 +265,7 @@ def _forget(
                     seed=config.seed,
                 )
             progress("evaluating", 1, 2, {"when": "after"})
-            if loop.final is not None and compacted is None and len(forget_ts) == len(sets.forget):
+            if loop.final is not None and compacted is None and forget_ts is sets.forget:
                 # The loop stopped on a check that evaluated exactly what `measure` would (the same sets,
                 # prefixes and model): the after-report is that evaluation, not a second one.
                 after_scores = loop.final

@@ -498,9 +498,8 @@ def train(
     n_ref = quarter if use_retain and reference_ts is not None and len(reference_ts) else 0
     n_samp = quarter if n_ref and samples_ts is not None and len(samples_ts) else 0
     n_retain = max(1, config.retain_batch_size - n_ref - n_samp)
-    retain_batches = _batches(len(retain_ts), n_retain, gen) if use_retain else None
-    reference_batches = _batches(len(reference_ts), n_ref, gen) if n_ref else None
-    sample_batches = _batches(len(samples_ts), n_samp, gen) if n_samp else None
+    groups = (("retain", retain_ts, n_retain), ("reference", reference_ts, n_ref), ("sample", samples_ts, n_samp))
+    anchor_groups = [(name, ts, _batches(len(ts), n, gen)) for name, ts, n in groups if use_retain and n]
 
     ref_forget_logp = None
     if objective.needs_ref_forget_logp:
@@ -561,7 +560,7 @@ def train(
     reached = False
     anchor_logits = (
         AnchorLogits(adapted, objective.anchors_reference, device)
-        if retain_batches is not None and (objective.needs_ref_retain_logits or anchor_weight > 0)
+        if use_retain and (objective.needs_ref_retain_logits or anchor_weight > 0)
         else None
     )
     for step in range(1, budget + 1):
@@ -569,25 +568,18 @@ def train(
             raise Cancelled(f"cancelled at step {step - 1}")
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
-        r_idx = next(retain_batches) if retain_batches is not None else []
-        rb = retain_ts.select(r_idx) if retain_batches is not None else None
-        retain_keys, reference_keys = [("retain", i) for i in r_idx], []
-        if reference_batches is not None:
-            x_idx = next(reference_batches)
-            rb = concat([rb, reference_ts.select(x_idx)])
-            reference_keys = [("reference", i) for i in x_idx]
-        if sample_batches is not None:
-            s_idx = next(sample_batches)
-            rb = concat([rb, samples_ts.select(s_idx)])
-            reference_keys += [("sample", i) for i in s_idx]
-        rb = rb.to(device) if rb is not None else None
+        # The anchor rows: retained records first (the top-1 hinge's rows), then never-seen ones and samples.
+        parts, keys = [], []
+        for name, ts, batches in anchor_groups:
+            idx = next(batches)
+            parts.append(ts.select(idx))
+            keys += [(name, i) for i in idx]
+        rb = concat(parts).to(device) if parts else None
         # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
         # on matmuls twice as tall (the step is launch-bound on small models).
         both = concat([fb, rb]) if rb is not None else fb
         n_f = fb.input_ids.size(0)
-        ref_logits = (
-            anchor_logits.of(rb, retain_keys + reference_keys) if anchor_logits is not None and rb is not None else None
-        )
+        ref_logits = anchor_logits.of(rb, keys) if anchor_logits is not None and rb is not None else None
         with autocast(device):
             logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
             inputs = LossInputs(
