@@ -21,7 +21,7 @@ ADAPTER_INITS = ("fila", "lora")
 # the model than with FILA at the same steps (demo world, 10 people: generic perplexity × 1.05 vs × 1.18,
 # retain extraction kept 0.98 vs 0.93; README "Results"); IHL keeps FILA, the paper's pairing. ctd's anchor
 # also holds 64 of the original model's own samples (core/self_samples.py), a quarter of its rows taken from the
-# retain rows' share: generic perplexity × 1.05 → × 1.02 at 10 people and × 1.09 → × 1.04 at 30, same steps.
+# retain rows' share: generic perplexity × 1.05 → × 1.02 at 10 people and × 1.08 → × 1.04 at 30 (README "Forgetting").
 METHOD_DEFAULTS: dict[str, dict] = {
     "ctd": {
         "init": "lora",
