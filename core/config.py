@@ -22,14 +22,12 @@ ADAPTER_INITS = ("fila", "lora")
 # retain extraction kept 0.98 vs 0.93; README "Results"); IHL keeps FILA, the paper's pairing. ctd's anchor
 # also holds 64 of the original model's own samples (core/self_samples.py), a quarter of its rows taken from the
 # retain rows' share: generic perplexity × 1.05 → × 1.02 at 10 people and × 1.08 → × 1.04 at 30 (README "Forgetting").
-# 24 anchor rows a step rather than 32: each step ~25 % cheaper for about as many steps, retain extraction kept
-# and generic perplexity within their bounds at 10 and 30 people (README "Performance").
 METHOD_DEFAULTS: dict[str, dict] = {
     "ctd": {
         "init": "lora",
         "lr": 2e-3,
         "retain_weight": 3.0,
-        "retain_batch_size": 24,
+        "retain_batch_size": 32,
         "warmup_steps": 8,
         "max_steps": 200,
         "budget_records": 30,
