@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ("bench.forgetting", "bench.restor", "bench.stream", "bench.speed")
+BENCHES = ("bench.forgetting", "bench.never_seen", "bench.restor", "bench.stream", "bench.speed")
 
 
 def main() -> None:

@@ -88,3 +88,23 @@ def test_restor_interval_is_students_t():
     cell = mean_ci([0.2, 0.4, 0.6])
     assert abs(cell["mean"] - 0.4) < 1e-12 and abs(cell["hi"] - (0.4 + 4.303 * 0.2 / 3**0.5)) < 1e-9
     assert mean_ci([0.5])["lo"] == 0.5 and mean_ci([])["lo"] is None
+
+
+def test_never_seen_quick(tmp_path):
+    from bench import never_seen
+    from bench.common import emit
+
+    result = never_seen.run(quick=True, n_fresh=12, n_groups=20, sizes=[1, 3, 50])
+    back = json.loads(emit("never_seen", result, tmp_path).read_text())
+    assert [r["group_size"] for r in back["results"]] == [1, 3]  # a size above the fresh people is skipped
+    for row in back["results"]:
+        assert row["groups"] == 20 and 0.0 <= row["pass_rate"] <= 1.0
+        # A group fails the verdict only through a named condition, and every named one is a forgetting condition.
+        assert set(row["fail_rate"]) <= {
+            f"{s}_{c}" for s in ("loss", "zlib", "min_k") for c in ("test", "auc", "tail")
+        } | {
+            "ma",
+            "el",
+            "extraction",
+        }
+        assert row["pass_rate"] == 1.0 or row["fail_rate"]
