@@ -338,8 +338,8 @@ def _forget(
 def _sample_length(config: UnlearnConfig, model, rows: list[TokenSet]) -> int:
     """Tokens per self-sample: `anchor_sample_tokens`, but no longer than the longest row it trains beside nor
     than the model's context. A step pads its forget and anchor rows to the longest of them, so a sample longer
-    than every record pads the whole batch: on the demo world, 48-token samples beside records of 36–39 tokens
-    made every step about a quarter more expensive."""
+    than every record pads the whole batch: on the demo world, 48-token samples padded every step's 36–39-token
+    rows to 48 (a step 0.57 s → 0.52 s, README "Performance")."""
     longest = max((len(e.ids) for ts in rows for e in ts.encoded), default=config.anchor_sample_tokens)
     return max(2, min(config.anchor_sample_tokens, context_length(model) or config.anchor_sample_tokens, longest))
 
