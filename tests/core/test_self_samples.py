@@ -46,3 +46,22 @@ def test_a_ctd_job_anchors_the_original_models_samples_beside_the_holdout(
     assert reference and min(reference) >= 0
     samples = {i for kind, i in seen if kind == "sample"}
     assert samples and max(samples) < 16 and max(reference) < n_holdout
+
+
+def test_samples_are_no_longer_than_the_rows_they_train_beside():
+    """A sample longer than every record would pad each step's batch to its own length (core/pipeline.py)."""
+    from types import SimpleNamespace
+
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.data import Encoded, tensorize
+    from unlearnd.core.pipeline import _sample_length
+
+    rows = [
+        tensorize([Encoded(list(range(1, 6)), 2, record=0)], 0),
+        tensorize([Encoded(list(range(1, 10)), 2, record=1)], 0),
+    ]
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=128))
+    assert _sample_length(UnlearnConfig(anchor_sample_tokens=48), model, rows) == 9  # the longest row
+    assert _sample_length(UnlearnConfig(anchor_sample_tokens=6), model, rows) == 6  # the setting, when shorter
+    short = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=4))
+    assert _sample_length(UnlearnConfig(anchor_sample_tokens=48), short, rows) == 4  # the model's context
