@@ -87,7 +87,7 @@ class UnlearnConfig:
     budget_records: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     # ctd's anchor also holds this many sequences the original model samples itself (core/self_samples.py)
     anchor_samples: int | None = None  # None: the method's default (METHOD_DEFAULTS)
-    anchor_sample_tokens: int = 48  # at most, per sample
+    anchor_sample_tokens: int = 48  # at most, per sample, and no longer than the longest record (`_sample_length`)
     eval_every: int = 4
     npo_beta: float = 0.1
     seed: int = 0
