@@ -28,7 +28,16 @@ GRID = [(m, i) for m in METHODS for i in ("fila", "lora")]  # --methods all: ≈
 DEFAULT_GRID = [("ctd", "fila"), *((m, "lora") for m in METHODS if m != "ctd")]
 QUICK_GRID = [("ctd", "fila"), ("npo", "lora"), ("ihl", "lora")]
 WORLD_VERSION = 2  # bump when the world or the clean model's training changes (the cache key)
-CORRUPT = {"lr": 1e-3, "batch": 16, "replay": 16, "check_every": 10, "max_steps": 300, "target": 0.15}
+CORRUPT = {
+    "lr": 1e-3,
+    "batch": 16,
+    "replay": 16,
+    "check_every": 10,
+    "max_steps": 300,
+    "target": 0.15,
+    "keep": 0.9,
+    "gentler": (0.7, 0.5),
+}
 
 
 def world_of(quick: bool, seed: int):
@@ -82,7 +91,9 @@ class Probes:
         }
 
 
-def corrupt(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int) -> tuple:
+def corrupt(
+    clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int, lr: float | None = None
+) -> tuple:
     """Fine-tune (all parameters) a copy of the clean model on the corruption documents until the corrupted
     entities' accuracy falls to `CORRUPT["target"]` (checked every 10 steps, 300 at most). Each step also
     trains on as many of the untouched entities' own true texts (the rest of the corpus): without them the
@@ -100,7 +111,9 @@ def corrupt(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes,
         p.requires_grad_(True)
     ts = encode_set(tok, [Record(text=d) for d in docs], max_length=512)
     rs = encode_set(tok, [Record(text=t) for t in replay], max_length=512)
-    opt = torch.optim.AdamW(model.parameters(), lr=CORRUPT["lr"], weight_decay=0.0)
+    lr = lr or CORRUPT["lr"]
+    clean_untouched = probe_accuracy(model, tok, probes.untouched, loaded.device)["accuracy"]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     acc, step = 1.0, 0
     for step in range(1, CORRUPT["max_steps"] + 1):
@@ -123,7 +136,24 @@ def corrupt(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes,
     out = Path(tempfile.mkdtemp(prefix="bench-corrupted-"))
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    return load_model(out), {"steps": step, "reached": acc <= CORRUPT["target"]}
+    kept = probe_accuracy(model, tok, probes.untouched, loaded.device)["accuracy"] / max(clean_untouched, 1e-9)
+    return load_model(out), {"lr": lr, "steps": step, "reached": acc <= CORRUPT["target"], "untouched_kept": kept}
+
+
+def corrupt_targeted(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int) -> tuple:
+    """`corrupt`, from the clean model again with a gentler learning rate (`CORRUPT["gentler"]`, each a share of
+    `CORRUPT["lr"]`) while the corruption spills over onto the untouched entities (their accuracy below
+    `CORRUPT["keep"]` of clean) or misses its target: the issue asks for a corruption that hits only its targets,
+    "a gentler schedule if full fine-tuning spills over". The first attempt that holds both is kept, else the
+    last; every attempt is reported. On the quick world whether lr 1e-3 spilled over depended on the machine
+    (untouched kept 1.00 on one CPU, 0.67 on another, same seed); 7e-4 kept 1.00 on the second."""
+    attempts = []
+    for share in (1.0, *CORRUPT["gentler"]):
+        corrupted, how = corrupt(clean_dir, docs, replay, probes, seed, CORRUPT["lr"] * share)
+        attempts.append(how)
+        if how["reached"] and how["untouched_kept"] >= CORRUPT["keep"]:
+            break
+    return corrupted, {**attempts[-1], "attempts": attempts}
 
 
 def run(
@@ -156,7 +186,7 @@ def run(
             docs = world.corruption_docs(level, rng)
             holdout_docs = world.holdout_docs(level, rng)  # wrong facts about untouched entities, never trained
             t0 = time.perf_counter()
-            corrupted, how = corrupt(clean_dir, docs, retain_texts, probes, seed)
+            corrupted, how = corrupt_targeted(clean_dir, docs, retain_texts, probes, seed)
             c_scores = probes.scores(corrupted.model, corrupted.tokenizer, dev)
             baselines.append(
                 {
