@@ -143,15 +143,16 @@ def corrupt(
 def corrupt_targeted(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int) -> tuple:
     """`corrupt`, from the clean model again with a gentler learning rate (`CORRUPT["gentler"]`, each a share of
     `CORRUPT["lr"]`) while the corruption spills over onto the untouched entities (their accuracy below
-    `CORRUPT["keep"]` of clean) or misses its target: the issue asks for a corruption that hits only its targets,
-    "a gentler schedule if full fine-tuning spills over". The first attempt that holds both is kept, else the
-    last; every attempt is reported. On the quick world whether lr 1e-3 spilled over depended on the machine
-    (untouched kept 1.00 on one CPU, 0.67 on another, same seed); 7e-4 kept 1.00 on the second."""
+    `CORRUPT["keep"]` of clean): the issue asks for a corruption that hits only its targets, "a gentler schedule
+    if full fine-tuning spills over". The first attempt without spill-over is kept, else the last; every attempt
+    is reported. A corruption that only misses its target is kept as it is: a gentler rate would miss it by more.
+    On the quick world whether lr 1e-3 spilled over depended on the machine (untouched kept 1.00 on one CPU, 0.67
+    on another, same seed); 7e-4 kept 1.00 on the second."""
     attempts = []
     for share in (1.0, *CORRUPT["gentler"]):
         corrupted, how = corrupt(clean_dir, docs, replay, probes, seed, CORRUPT["lr"] * share)
         attempts.append(how)
-        if how["reached"] and how["untouched_kept"] >= CORRUPT["keep"]:
+        if how["untouched_kept"] >= CORRUPT["keep"]:
             break
     return corrupted, {**attempts[-1], "attempts": attempts}
 

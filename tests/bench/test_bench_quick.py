@@ -72,10 +72,10 @@ def test_restor_quick_clean_knows_corruption_hits_only_its_targets(tmp_path):
     for b in back["baselines"]:
         assert b["corruption"]["reached"] and b["clean"]["p_correct"] > b["clean"]["p_injected"]
         assert b["corrupted"]["p_injected"] > b["clean"]["p_injected"]  # the injected answers took hold
-        # the kept corruption is the last attempt, the first that held both bars (a gentler retry on spill-over)
+        # the kept corruption is the last attempt, the first without spill-over (a gentler retry on spill-over)
         tries = b["corruption"]["attempts"]
         assert tries[-1]["lr"] == b["corruption"]["lr"] and tries[-1]["untouched_kept"] >= 0.9
-        assert all(t["untouched_kept"] < 0.9 or not t["reached"] for t in tries[:-1])
+        assert all(t["untouched_kept"] < 0.9 for t in tries[:-1])
     for r in back["runs"]:
         for key in ("accuracy", "p_correct", "p_injected", "untouched_accuracy"):
             assert 0.0 <= r[key] <= 1.0, key
