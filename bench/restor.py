@@ -92,12 +92,19 @@ class Probes:
 
 
 def corrupt(
-    clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int, lr: float | None = None
+    clean_dir: Path,
+    docs: list[str],
+    replay: list[str],
+    probes: Probes,
+    seed: int,
+    lr: float,
+    clean_untouched: float,
 ) -> tuple:
     """Fine-tune (all parameters) a copy of the clean model on the corruption documents until the corrupted
     entities' accuracy falls to `CORRUPT["target"]` (checked every 10 steps, 300 at most). Each step also
     trains on as many of the untouched entities' own true texts (the rest of the corpus): without them the
-    fine-tune overwrote the untouched entities as well (0.2–0.4 of their answers left, README)."""
+    fine-tune overwrote the untouched entities as well (0.2–0.4 of their answers left, README). Reports the
+    untouched entities' accuracy as a share of `clean_untouched`, the clean model's."""
     import torch
 
     from unlearnd.core.data import encode_set
@@ -111,8 +118,6 @@ def corrupt(
         p.requires_grad_(True)
     ts = encode_set(tok, [Record(text=d) for d in docs], max_length=512)
     rs = encode_set(tok, [Record(text=t) for t in replay], max_length=512)
-    lr = lr or CORRUPT["lr"]
-    clean_untouched = probe_accuracy(model, tok, probes.untouched, loaded.device)["accuracy"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     acc, step = 1.0, 0
@@ -140,17 +145,20 @@ def corrupt(
     return load_model(out), {"lr": lr, "steps": step, "reached": acc <= CORRUPT["target"], "untouched_kept": kept}
 
 
-def corrupt_targeted(clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int) -> tuple:
+def corrupt_targeted(
+    clean_dir: Path, docs: list[str], replay: list[str], probes: Probes, seed: int, clean_untouched: float
+) -> tuple:
     """`corrupt`, from the clean model again with a gentler learning rate (`CORRUPT["gentler"]`, each a share of
     `CORRUPT["lr"]`) while the corruption spills over onto the untouched entities (their accuracy below
-    `CORRUPT["keep"]` of clean): the issue asks for a corruption that hits only its targets, "a gentler schedule
-    if full fine-tuning spills over". The first attempt without spill-over is kept, else the last; every attempt
-    is reported. A corruption that only misses its target is kept as it is: a gentler rate would miss it by more.
-    On the quick world whether lr 1e-3 spilled over depended on the machine (untouched kept 1.00 on one CPU, 0.67
-    on another, same seed); 7e-4 kept 1.00 on the second."""
+    `CORRUPT["keep"]` of `clean_untouched`, the clean model's as the caller scored it): the issue asks for a
+    corruption that hits only its targets, "a gentler schedule if full fine-tuning spills over". The first attempt
+    without spill-over is kept, else the last; every attempt is reported. A corruption that only misses its target
+    is kept as it is: a gentler rate would miss it by more. On the quick world whether lr 1e-3 spilled over
+    depended on the machine (untouched kept 1.00 on one CPU, 0.67 on another, same seed); 7e-4 kept 1.00 on the
+    second."""
     attempts = []
     for share in (1.0, *CORRUPT["gentler"]):
-        corrupted, how = corrupt(clean_dir, docs, replay, probes, seed, CORRUPT["lr"] * share)
+        corrupted, how = corrupt(clean_dir, docs, replay, probes, seed, CORRUPT["lr"] * share, clean_untouched)
         attempts.append(how)
         if how["untouched_kept"] >= CORRUPT["keep"]:
             break
@@ -187,7 +195,9 @@ def run(
             docs = world.corruption_docs(level, rng)
             holdout_docs = world.holdout_docs(level, rng)  # wrong facts about untouched entities, never trained
             t0 = time.perf_counter()
-            corrupted, how = corrupt_targeted(clean_dir, docs, retain_texts, probes, seed)
+            corrupted, how = corrupt_targeted(
+                clean_dir, docs, retain_texts, probes, seed, clean_scores["untouched_accuracy"]
+            )
             c_scores = probes.scores(corrupted.model, corrupted.tokenizer, dev)
             baselines.append(
                 {

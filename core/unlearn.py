@@ -569,12 +569,12 @@ def train(
         f_idx = next(forget_batches)
         fb = forget_ts.select(f_idx).to(device)
         # The anchor rows: retained records first (the top-1 hinge's rows), then never-seen ones and samples.
-        parts, keys = [], []
+        anchor_rows, keys = [], []
         for name, ts, batches in anchor_groups:
             idx = next(batches)
-            parts.append(ts.select(idx))
+            anchor_rows.append(ts.select(idx))
             keys += [(name, i) for i in idx]
-        rb = concat(parts).to(device) if parts else None
+        rb = concat(anchor_rows).to(device) if anchor_rows else None
         # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
         # on matmuls twice as tall (the step is launch-bound on small models).
         both = concat([fb, rb]) if rb is not None else fb
