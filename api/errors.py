@@ -118,6 +118,13 @@ class HoldoutRequired(ApiError):
     code = "holdout_required"
 
 
+class InvalidRestoreFrom(ApiError):
+    """`restore_from` names no other model of the caller's tenant."""
+
+    status_code = 422
+    code = "invalid_restore_from"
+
+
 class InvalidModelSource(ApiError):
     status_code = 422
     code = "invalid_model_source"

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from unlearnd.api import limits, schemas, security
 from unlearnd.api.chat import check_chat_records
 from unlearnd.api.crypto import encrypt_payload
-from unlearnd.api.errors import HoldoutRequired, InvalidConfig, NotFound
+from unlearnd.api.errors import HoldoutRequired, InvalidConfig, InvalidRestoreFrom, NotFound
 from unlearnd.api.models import QUEUED, ApiKey, BaseModel, ForgetRequest, Job, JobRequest, new_id, utcnow
 from unlearnd.api.settings import Settings
 from unlearnd.core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, UnlearnConfig
@@ -27,6 +27,9 @@ def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
         merged["method"] = "ihl"
     if body.method:
         merged["method"] = body.method
+    if body.restore_from:
+        merged["restore_from"] = body.restore_from
+        merged["method"] = body.method or "restore"
     if body.init:
         merged["init"] = body.init
     if body.config:
@@ -56,6 +59,14 @@ def create(
         raise NotFound("model not found", details={"resource": "model"})
     config = resolve_config(model, body)
     config["max_adapter_rank"] = min(config["max_adapter_rank"], settings.max_adapter_rank)  # the service's cap
+    if config["restore_from"] is not None:
+        teacher = session.get(BaseModel, config["restore_from"])
+        if teacher is None or teacher.tenant_id != caller.tenant_id or teacher.id == model.id:
+            raise InvalidRestoreFrom(
+                "restore_from must name another registered model of yours: the checkpoint from before the "
+                "corrupting data",
+                details={"restore_from": config["restore_from"]},
+            )
     if config["method"] in NEEDS_HOLDOUT and model.holdout_count < MIN_HOLDOUT:
         raise HoldoutRequired(
             f"method {config['method']!r} calibrates against the model's holdout set (records it never saw), "

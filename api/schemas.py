@@ -134,6 +134,13 @@ class ForgetRequestIn(_In):
     method: MethodName | None = None
     init: AdapterInit | None = None
     config: ConfigIn | None = None
+    restore_from: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        description="For corrupting documents (wrong or poisoned data): the id of a registered model that is the "
+        "checkpoint from before them, same tokenizer. The `restore` method (the default when this is set) "
+        'distils it on the records, so the facts they overwrote come back (README "Restoration").',
+    )
 
 
 class ModelDefaultsIn(ConfigIn):

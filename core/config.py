@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 from unlearnd.core.errors import InvalidInput
 
-METHODS = ("ihl", "ga", "gd", "kl", "npo", "ctd")
+METHODS = ("ihl", "ga", "gd", "kl", "npo", "ctd", "restore")
 INITS = ("fila", "lora", "full")
 # Methods that calibrate their targets against the holdout set, and the fewest holdout records they accept
 # (two to calibrate on, two for the verdict).
 NEEDS_HOLDOUT = ("ctd",)
 MIN_HOLDOUT = 4
+# Methods that distil a second model, the checkpoint from before the corrupting data (`restore_from`).
+NEEDS_TEACHER = ("restore",)
 # Inits that produce a LoRA adapter on the unmodified base (what the service publishes).
 ADAPTER_INITS = ("fila", "lora")
 
@@ -24,6 +26,17 @@ ADAPTER_INITS = ("fila", "lora")
 # retain rows' share: generic perplexity × 1.05 → × 1.02 at 10 people and × 1.08 → × 1.04 at 30 (README "Forgetting").
 METHOD_DEFAULTS: dict[str, dict] = {
     "ctd": {
+        "init": "lora",
+        "lr": 2e-3,
+        "retain_weight": 3.0,
+        "retain_batch_size": 32,
+        "warmup_steps": 8,
+        "max_steps": 200,
+        "budget_records": 30,
+        "anchor_samples": 64,
+    },
+    # restore: ctd's anchor and schedule; its forget term distils the pre-corruption checkpoint instead.
+    "restore": {
         "init": "lora",
         "lr": 2e-3,
         "retain_weight": 3.0,
@@ -106,6 +119,10 @@ class UnlearnConfig:
     max_retain_ma_drop: float = 0.02  # kept: retain MA at most this far below the original model's
     min_retain_extraction_kept: float = 0.9  # kept: short-prefix retain extraction ≥ this share of the original's
     max_perplexity_ratio: float = 1.05  # kept: holdout perplexity at most this multiple of the original's
+    # restore: the name of the checkpoint from before the corrupting data (the service's model id of it); the
+    # caller hands run_forget that model loaded (`teacher`). Part of the config so a job only serves requests
+    # that restore from the same checkpoint.
+    restore_from: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["*"]).items():
@@ -118,6 +135,12 @@ class UnlearnConfig:
             raise InvalidInput(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.init not in INITS:
             raise InvalidInput(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if (self.method in NEEDS_TEACHER) != (self.restore_from is not None):
+            raise InvalidInput(
+                f"method {self.method!r} needs restore_from (the checkpoint before the corrupting data)"
+                if self.method in NEEDS_TEACHER
+                else f"restore_from is only used by the {', '.join(NEEDS_TEACHER)} method(s), not {self.method!r}"
+            )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise InvalidInput(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         checks = [
@@ -149,6 +172,7 @@ class UnlearnConfig:
             ("max_retain_ma_drop", 0 <= self.max_retain_ma_drop <= 1),
             ("min_retain_extraction_kept", 0 <= self.min_retain_extraction_kept <= 1),
             ("max_perplexity_ratio", 1 <= self.max_perplexity_ratio <= 100),
+            ("restore_from", self.restore_from is None or (isinstance(self.restore_from, str) and self.restore_from)),
             (
                 "attack_prefix_tokens",
                 isinstance(self.attack_prefix_tokens, list | tuple)

@@ -87,6 +87,7 @@ class LossInputs:
     ref_retain_logits: torch.Tensor | None = None  # kl, anchored: the starting model's logits on the retain batch
     forget_target_logp: torch.Tensor | None = None  # ctd: calibrated target log-prob per forget token (shifted)
     forget_top1_allowed: torch.Tensor | None = None  # ctd: where the label may stay the argmax (shifted)
+    teacher_forget_logits: torch.Tensor | None = None  # restore: the pre-corruption checkpoint's logits on D_f
     margin_weight: float = 1.0  # ctd: weight of `keep_top1` in the anchor
     hinge_rows: int | None = None  # ctd: the first rows of the retain block get `keep_top1` (the rest are strangers)
     retain_weight: float = 1.0
@@ -102,6 +103,7 @@ class Objective:
     needs_ref_retain_logits: bool = False
     needs_forget_targets: bool = False  # calibrated targets from the holdout's calibration half (ctd)
     anchors_reference: bool = False  # the retain term is a pure anchor: never-seen reference records may join it
+    needs_teacher: bool = False  # the forget term distils a second model's logits on the forget rows (restore)
 
 
 def _retain_term(x: LossInputs) -> tuple[torch.Tensor, float]:
@@ -173,6 +175,18 @@ def keep_top1(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tens
     return ((m0.clamp_max(cap) - margin(lg)).clamp_min(0) * keep).sum() / mask.sum().clamp_min(1)
 
 
+def _anchor(x: LossInputs) -> tuple[torch.Tensor, float]:
+    """ctd's retain term: w·[KL(starting ‖ model) on D_r and on never-seen records + `keep_top1` on D_r]."""
+    if x.retain_logits is None or x.ref_retain_logits is None:
+        return x.forget_logits.new_zeros(()), 0.0
+    anchor = kl_to_reference(x.retain_logits, x.ref_retain_logits, x.retain_labels)
+    k = x.retain_logits.size(0) if x.hinge_rows is None else x.hinge_rows
+    if k and x.margin_weight:
+        hinge = keep_top1(x.retain_logits[:k], x.ref_retain_logits[:k], x.retain_labels[:k])
+        anchor = anchor + x.margin_weight * hinge
+    return anchor, x.retain_weight
+
+
 def _ctd(x: LossInputs):
     """Calibrated target distillation (this project's default; README "Results" says why):
     `E_t[(log p_θ(y_t) − a*_t)²]` + top-1 demotion on the forget tokens (core/calibration.py), each token
@@ -181,14 +195,18 @@ def _ctd(x: LossInputs):
     records are what MA and extraction count) and its behaviour on strangers (what the verdict compares with:
     KL only, so it neither drifts nor is pushed to be more confident)."""
     term = calibrated_logprob_error(x.forget_logits, x.forget_labels, x.forget_target_logp, x.forget_top1_allowed)
-    if x.retain_logits is None or x.ref_retain_logits is None:
-        return _combine(term, (x.forget_logits.new_zeros(()), 0.0))
-    anchor = kl_to_reference(x.retain_logits, x.ref_retain_logits, x.retain_labels)
-    k = x.retain_logits.size(0) if x.hinge_rows is None else x.hinge_rows
-    if k and x.margin_weight:
-        hinge = keep_top1(x.retain_logits[:k], x.ref_retain_logits[:k], x.retain_labels[:k])
-        anchor = anchor + x.margin_weight * hinge
-    return _combine(term, (anchor, x.retain_weight))
+    return _combine(term, _anchor(x))
+
+
+def _restore(x: LossInputs):
+    """Restoration from a named checkpoint: KL(checkpoint ‖ model) on the forget rows + ctd's anchor. For
+    documents that corrupted a model (RESTOR, Rezaei et al. 2024, arXiv 2411.00204) the checkpoint from before
+    them is the one model that behaves on them exactly as on data never seen, *and* holds the knowledge they
+    overwrote: distilling its full next-token distribution on the documents (UNDIAL's self-distillation, Dong et
+    al. 2024, with the earlier checkpoint as teacher) returns its answers, where every objective that only
+    pushes the documents' tokens down leaves the overwritten facts lost (README "Restoration")."""
+    term = kl_to_reference(x.forget_logits, x.teacher_forget_logits, x.forget_labels)
+    return _combine(term, _anchor(x))
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -199,5 +217,8 @@ OBJECTIVES: dict[str, Objective] = {
     "npo": Objective(_npo, uses_retain=True, needs_ref_forget_logp=True),
     "ctd": Objective(
         _ctd, uses_retain=True, needs_ref_retain_logits=True, needs_forget_targets=True, anchors_reference=True
+    ),
+    "restore": Objective(
+        _restore, uses_retain=True, needs_ref_retain_logits=True, anchors_reference=True, needs_teacher=True
     ),
 }

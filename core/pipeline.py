@@ -124,18 +124,23 @@ def run_forget(
     progress: Progress | None = None,
     should_cancel: CancelCheck | None = None,
     groups: list[list[int]] | None = None,
+    teacher: LoadedModel | None = None,
 ) -> ForgetResult:
     """Unlearn `forget` from the model (plus the `previous_adapter` version it builds on) and write the new
     cumulative adapter to `out_dir`. Raises InvalidInput, Cancelled; the model is restored in every case.
 
     `groups`: indices into `forget` of each request a (coalesced) job serves; each gets its own verdict
-    (`report["verdict"]["requests"]`, `ForgetResult.outcomes`). Default: one request of every record."""
+    (`report["verdict"]["requests"]`, `ForgetResult.outcomes`). Default: one request of every record.
+    `teacher`: for the `restore` method, the checkpoint `config.restore_from` names, loaded on the same device
+    with the same tokenizer (only read, never trained)."""
     if not forget:
         raise InvalidInput("the forget set is empty")
     groups = groups or [list(range(len(forget)))]
     if sorted(i for g in groups for i in g) != list(range(len(forget))) or any(not g for g in groups):
         raise InvalidInput("groups must partition the forget records into non-empty requests")
     config.validate()
+    if OBJECTIVES[config.method].needs_teacher:
+        _check_teacher(loaded, teacher, config.restore_from)
     with use_precision(config.precision):
         return _forget(
             loaded,
@@ -149,11 +154,35 @@ def run_forget(
             progress or _noop_progress,
             should_cancel or _never,
             groups,
+            teacher.model if teacher is not None and OBJECTIVES[config.method].needs_teacher else None,
         )
 
 
+def _check_teacher(loaded: LoadedModel, teacher: LoadedModel | None, name: str | None) -> None:
+    """The checkpoint a `restore` job distils must read the same tokens the same way: the same tokenizer
+    vocabulary and output size (its logits are compared position by position with the model's)."""
+    if teacher is None:
+        raise InvalidInput(f"restore_from {name!r}: the checkpoint to restore from was not loaded")
+    ours, theirs = loaded.model.get_output_embeddings(), teacher.model.get_output_embeddings()
+    if ours is None or theirs is None or ours.weight.shape != theirs.weight.shape:
+        raise InvalidInput(f"restore_from {name!r} has another vocabulary size than the model it would restore")
+    if loaded.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        raise InvalidInput(f"restore_from {name!r} has another tokenizer than the model it would restore")
+
+
 def _forget(
-    loaded, forget, retain, holdout, config, probes, previous_adapter, out_dir, progress, should_cancel, groups
+    loaded,
+    forget,
+    retain,
+    holdout,
+    config,
+    probes,
+    previous_adapter,
+    out_dir,
+    progress,
+    should_cancel,
+    groups,
+    teacher=None,
 ):
     started = time.perf_counter()
     model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
@@ -251,6 +280,7 @@ def _forget(
                 calibration=plan,
                 reference_ts=reference,
                 samples_ts=samples,
+                teacher=teacher,
             )
 
             if config.init != "full" and rank_of(adapted.delta()) > config.max_adapter_rank:

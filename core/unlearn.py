@@ -419,6 +419,21 @@ class AnchorLogits:
         return out
 
 
+class TeacherLogits(AnchorLogits):
+    """A second model's logits on the forget rows (the `restore` objective's teacher: the checkpoint from
+    before the corrupting data), cached per row like the anchor's: the teacher never changes during a run."""
+
+    def __init__(self, teacher: nn.Module, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES) -> None:
+        self.teacher, self.device = teacher, device
+        self.budget, self.used = budget_bytes, 0
+        self.rows = {}
+
+    def _compute(self, batch: TokenSet) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.device):
+            b = batch.to(self.device)
+            return self.teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+
+
 @dataclass
 class LoopResult:
     steps: int
@@ -465,6 +480,7 @@ def train(
     calibration: Calibration | None = None,
     reference_ts: TokenSet | None = None,
     samples_ts: TokenSet | None = None,
+    teacher: nn.Module | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
     or `max_steps`. Without a rule (no holdout set) it runs `max_steps` and never claims "reached".
@@ -476,8 +492,12 @@ def train(
     records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
     step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift.
     `samples_ts`: the original model's own samples (core/self_samples.py), another quarter, taken from the
-    retain rows' share: its knowledge beyond the registered sets does not drift either."""
+    retain rows' share: its knowledge beyond the registered sets does not drift either. `teacher`: the model
+    whose logits on the forget rows the `restore` objective distils (in eval mode, never trained)."""
     objective = OBJECTIVES[config.method]
+    if objective.needs_teacher and teacher is None:
+        raise InvalidInput(f"method {config.method!r} needs the checkpoint it restores from (restore_from)")
+    teacher_logits = TeacherLogits(teacher.eval(), device) if objective.needs_teacher else None
     budget = step_budget(config, forget_ts.n_records)
     targets: ForgetTargets | None = None
     if objective.needs_forget_targets:
@@ -580,6 +600,7 @@ def train(
         both = concat([fb, rb]) if rb is not None else fb
         n_f = fb.input_ids.size(0)
         ref_logits = anchor_logits.of(rb, keys) if anchor_logits is not None and rb is not None else None
+        teacher_out = teacher_logits.of(fb, [("forget", i) for i in f_idx]) if teacher_logits is not None else None
         with autocast(device):
             logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
             inputs = LossInputs(
@@ -591,6 +612,8 @@ def train(
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
             )
+            if teacher_logits is not None:
+                inputs.teacher_forget_logits = teacher_out
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
             if targets is not None:

@@ -25,7 +25,7 @@ from unlearnd.api.archive import pack_dir, unpack
 from unlearnd.api.crypto import decrypt_payload
 from unlearnd.api.db import transaction
 from unlearnd.api.models import RUNNING, BaseModel, Job, utcnow
-from unlearnd.core.errors import Cancelled, CoreError, ModelLoadError
+from unlearnd.core.errors import Cancelled, CoreError, InvalidInput, ModelLoadError
 from unlearnd.core.records import Probe, Record
 from unlearnd.core.verdict import NOT_MEMORISED
 from unlearnd.worker import protocol, scratch, transitions
@@ -62,6 +62,9 @@ class JobInputs:
     parent_id: str | None
     parent_uri: str | None
     attempt: int
+    # restore: the registered checkpoint from before the corrupting data (config["restore_from"])
+    teacher_source: str | None = None
+    teacher_fingerprint: str | None = None
 
 
 def run_job(job_id: str, runtime: Runtime | None = None) -> str:
@@ -139,7 +142,7 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
         previous = unpack(rt.blobs.path(inputs.parent_uri), work / "previous") if inputs.parent_uri else None
         config = UnlearnConfig.from_dict(inputs.config)  # the device is the worker's: see model_cache
         stats: dict[str, Any] = {}
-        with _borrow(rt, inputs.source, stats) as loaded:
+        with _borrow(rt, inputs.source, stats) as loaded, _teacher(rt, inputs) as teacher:
             _model_event(rt, job_id, stats)
             _check_fingerprint(rt, inputs, loaded.fingerprint)
             result = run_forget(
@@ -154,6 +157,7 @@ def _execute(rt: Runtime, job_id: str, reporter: JobReporter) -> str:
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
                 groups=inputs.groups,
+                teacher=teacher,
             )
             fingerprint = loaded.fingerprint
         for entry, request_id in zip(result.report["verdict"]["requests"], inputs.request_ids, strict=True):
@@ -195,6 +199,22 @@ def _borrow(rt: Runtime, source: str, stats: dict[str, Any]) -> Iterator[Any]:
         raise ModelLoadError(str(e).replace(path, source)) from None
 
 
+@contextmanager
+def _teacher(rt: Runtime, inputs: JobInputs) -> Iterator[Any]:
+    """The checkpoint a `restore` job distils (None for other jobs), through the same model cache (a worker
+    that restores often wants UNLEARND_MODEL_CACHE_SIZE=2, or it reloads the base model after each such job).
+    Its weights must still be the ones registered, like the base model's."""
+    if inputs.teacher_source is None:
+        yield None
+        return
+    with _borrow(rt, inputs.teacher_source, {}) as teacher:
+        if inputs.teacher_fingerprint is not None and teacher.fingerprint != inputs.teacher_fingerprint:
+            raise ModelLoadError(
+                f"the weights in {inputs.teacher_source} (restore_from) changed since that model was registered"
+            )
+        yield teacher
+
+
 def _model_event(rt: Runtime, job_id: str, stats: dict[str, Any]) -> None:
     how = "taken from the worker's model cache" if stats.get("hit") else "loaded"
     seconds = float(stats.get("load_seconds", 0.0))
@@ -223,6 +243,10 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
             forget += [Record.from_dict(r) for r in payload["records"]]
             probes += [Probe.from_dict(p) for p in payload.get("probes", [])]
         parent = active_version(session, job.model_id)
+        teacher_id = job.config.get("restore_from")
+        teacher = session.get(BaseModel, teacher_id) if teacher_id else None
+        if teacher_id and (teacher is None or teacher.tenant_id != model.tenant_id):
+            raise InvalidInput(f"restore_from {teacher_id!r}: the model to restore from is no longer registered")
         return JobInputs(
             model_id=model.id,
             source=model.source,
@@ -237,6 +261,8 @@ def _load_inputs(rt: Runtime, job_id: str) -> JobInputs:
             parent_id=parent.id if parent else None,
             parent_uri=parent.storage_uri if parent else None,
             attempt=job.attempts,
+            teacher_source=teacher.source if teacher else None,
+            teacher_fingerprint=teacher.fingerprint if teacher else None,
         )
 
 

@@ -86,6 +86,7 @@ def test_every_objective_returns_a_differentiable_scalar(method):
         ref_retain_logits=r.detach() + 0.1,
         forget_target_logp=torch.full((2, 4), -3.0),  # ctd: a calibrated target per (shifted) forget token
         forget_top1_allowed=torch.zeros(2, 4, dtype=torch.bool),
+        teacher_forget_logits=f.detach() + torch.randn(2, 5, 9),  # restore: the checkpoint's logits
     )
     loss, parts = OBJECTIVES[method].fn(x)
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -141,3 +142,48 @@ def test_anchored_retain_term_is_weighted_kl_to_the_starting_model_instead_of_nl
     assert parts["retain_loss"] == pytest.approx(kl_to_reference(r, ref, labels_r).item())
     forget_term = plain.item() - 0.5 * plain_parts["retain_loss"]
     assert anchored.item() == pytest.approx(forget_term + 3.0 * parts["retain_loss"], rel=1e-5)
+
+
+def test_restore_distils_the_checkpoint_on_the_forget_rows_and_keeps_ctds_anchor():
+    """restore's forget term is KL(checkpoint ‖ model) on the forget rows: zero where the model already answers
+    as the checkpoint does, and a step down its gradient moves the model's distribution towards the checkpoint's;
+    its retain term is ctd's anchor exactly."""
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 9)
+    teacher = torch.randn(2, 5, 9)
+    labels = torch.randint(0, 9, (2, 5))
+    r, r_labels = torch.randn(3, 5, 9), torch.randint(0, 9, (3, 5))
+    common = dict(retain_logits=r, retain_labels=r_labels, ref_retain_logits=r + 0.3, retain_weight=3.0)
+    same = LossInputs(forget_logits=teacher, forget_labels=labels, teacher_forget_logits=teacher, **common)
+    assert OBJECTIVES["restore"].fn(same)[1]["forget_loss"] == pytest.approx(0.0, abs=1e-6)
+    ctd = LossInputs(
+        forget_logits=f,
+        forget_labels=labels,
+        forget_target_logp=torch.full((2, 4), -3.0),
+        forget_top1_allowed=torch.zeros(2, 4, dtype=torch.bool),
+        **common,
+    )
+    assert OBJECTIVES["restore"].fn(same)[1]["retain_loss"] == pytest.approx(
+        OBJECTIVES["ctd"].fn(ctd)[1]["retain_loss"]
+    )
+
+    x = f.clone().requires_grad_(True)
+    loss, parts = OBJECTIVES["restore"].fn(
+        LossInputs(forget_logits=x, forget_labels=labels, teacher_forget_logits=teacher)
+    )
+    assert parts["forget_loss"] == pytest.approx(kl_to_reference(f, teacher, labels).item())
+    loss.backward()
+    stepped = (x - 0.5 * x.grad).detach()
+    assert kl_to_reference(stepped, teacher, labels) < kl_to_reference(f, teacher, labels)
+    assert OBJECTIVES["restore"].needs_teacher and not OBJECTIVES["ctd"].needs_teacher
+
+
+def test_restore_needs_restore_from_and_only_restore_takes_it():
+    from unlearnd.core.config import UnlearnConfig
+    from unlearnd.core.errors import InvalidInput
+
+    assert UnlearnConfig(method="restore", restore_from="checkpoint").init == "lora"
+    with pytest.raises(InvalidInput, match="needs restore_from"):
+        UnlearnConfig(method="restore")
+    with pytest.raises(InvalidInput, match="only used by the restore"):
+        UnlearnConfig(method="ctd", restore_from="checkpoint")
