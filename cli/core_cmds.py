@@ -69,7 +69,9 @@ def unlearn(
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write (with report.json).")],
     retain: Annotated[Path | None, typer.Option("--retain", help="JSONL of records to keep.")] = None,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="JSONL of never-trained records.")] = None,
-    method: Annotated[str, typer.Option(help="ctd (default: needs --holdout) | ihl | ga | gd | kl | npo")] = "ctd",
+    method: Annotated[
+        str, typer.Option(help="ctd (default: needs --holdout) | ihl | ga | gd | kl | npo | restore")
+    ] = "ctd",
     init: Annotated[
         str | None, typer.Option(help="fila | lora | full (default: the method's; lora for ctd, fila otherwise)")
     ] = None,
@@ -85,6 +87,14 @@ def unlearn(
             "--anchor-samples", help="ctd: the original model's own samples its anchor holds (default 64; 0: none)."
         ),
     ] = None,
+    restore_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--restore-from",
+            help="The checkpoint from before corrupting documents (a model directory, same tokenizer): the "
+            "restore method distils it on the forget records (implies --method restore).",
+        ),
+    ] = None,
 ) -> None:
     """Unlearn the forget records from a model and write a PEFT LoRA adapter plus report.json."""
     from unlearnd.core.config import UnlearnConfig
@@ -93,7 +103,7 @@ def unlearn(
 
     try:
         config = UnlearnConfig(
-            method=method,
+            method="restore" if restore_from is not None and method == "ctd" else method,
             init=init,
             rank=rank,
             alpha=alpha if alpha is not None else 2.0 * rank,
@@ -101,6 +111,7 @@ def unlearn(
             max_steps=max_steps,
             seed=seed,
             anchor_samples=anchor_samples,
+            restore_from=str(restore_from) if restore_from is not None else None,
         )
         forget_records = read_records(forget)
         if not forget_records:
@@ -111,6 +122,7 @@ def unlearn(
         from unlearnd.core.pipeline import run_forget
 
         loaded = load_model(model)
+        teacher = load_model(restore_from, device=str(loaded.device)) if restore_from is not None else None
         result = run_forget(
             loaded,
             forget_records,
@@ -120,6 +132,7 @@ def unlearn(
             out_dir=out,
             previous_adapter=previous,
             progress=_console_progress(),
+            teacher=teacher,
         )
     except CoreError as e:
         _fail(str(e))

@@ -212,9 +212,13 @@ def forget_submit(
     legal_basis: Annotated[str, typer.Option("--legal-basis", help="Why the data is erased.")] = "GDPR Art. 17",
     ticket: Annotated[str | None, typer.Option(help="Your ticket reference.")] = None,
     probes: Annotated[Path | None, typer.Option(help="JSONL of {'question','answer'} probes.")] = None,
-    method: Annotated[str | None, typer.Option(help="ctd | ihl | ga | gd | kl | npo")] = None,
+    method: Annotated[str | None, typer.Option(help="ctd | ihl | ga | gd | kl | npo | restore")] = None,
     init: Annotated[str | None, typer.Option(help="fila | lora")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Unlearning step budget.")] = None,
+    restore_from: Annotated[
+        str | None,
+        typer.Option("--restore-from", help="Model id of the checkpoint from before corrupting documents."),
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="A retry with the same key returns the first request.")
     ] = None,
@@ -238,6 +242,7 @@ def forget_submit(
         init=init,
         config={"max_steps": max_steps} if max_steps else None,
         idempotency_key=idempotency_key,
+        restore_from=restore_from,
     )
     typer.echo(req.id)
     if watch:

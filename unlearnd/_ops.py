@@ -74,6 +74,7 @@ def forget_body(
     method: str | None,
     init: str | None,
     config: Mapping[str, Any] | None,
+    restore_from: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model_id": model_id,
@@ -82,7 +83,8 @@ def forget_body(
     }
     if probes:
         body["probes"] = [dict(p) for p in probes]
-    for name, value in (("method", method), ("init", init), ("config", dict(config) if config else None)):
+    fields = (("method", method), ("init", init), ("config", dict(config) if config else None))
+    for name, value in (*fields, ("restore_from", restore_from)):
         if value is not None:
             body[name] = value
     return body

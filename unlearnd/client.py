@@ -125,9 +125,11 @@ class Client(_Base):
         init: str | None = None,
         config: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        restore_from: str | None = None,
     ) -> ForgetRequest:
         """Submit a forget request (`{"text"}`, `{"prompt", "completion"}` or `{"messages"}` records). With
-        an `idempotency_key`, a retry returns the first request instead of creating a second one."""
+        an `idempotency_key`, a retry returns the first request instead of creating a second one. `restore_from`:
+        the model id of the checkpoint from before corrupting documents, to restore instead of only forget."""
         body = _ops.forget_body(
             model_id,
             records,
@@ -138,6 +140,7 @@ class Client(_Base):
             method=method,
             init=init,
             config=config,
+            restore_from=restore_from,
         )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._run(_ops.fetch(Call("POST", "/v1/forget-requests", json=body, headers=headers), ForgetRequest))
@@ -326,6 +329,7 @@ class AsyncClient(_Base):
         init: str | None = None,
         config: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        restore_from: str | None = None,
     ) -> ForgetRequest:
         body = _ops.forget_body(
             model_id,
@@ -337,6 +341,7 @@ class AsyncClient(_Base):
             method=method,
             init=init,
             config=config,
+            restore_from=restore_from,
         )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         call = Call("POST", "/v1/forget-requests", json=body, headers=headers)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from .support import Live
+from .support import ADMIN_KEY, Live
 
 SUBJECT = {"id": "doc-batch-7", "legal_basis": "poisoned fine-tuning data"}
 
@@ -59,10 +59,18 @@ def test_restore_job_distils_the_named_checkpoint(live: Live, service_world, mod
     known, so the verdict is honestly not `forgotten` (the default method, ctd, forgets them in these steps)
     and the forget term is zero from the first step. A checkpoint that never saw them is what forgets and
     restores (bench/restor)."""
-    body = _body(service_world, models["deployed"], restore_from=models["checkpoint"])
-    created = live.client.post("/v1/forget-requests", json=body)
-    assert created.status_code in (200, 201, 202), created.text
-    final = live.wait(created.json()["id"])
+    from unlearnd import Client
+
+    with Client(live.url, ADMIN_KEY) as sdk:  # the SDK passes restore_from through
+        created = sdk.forget(
+            models["deployed"],
+            [r.to_dict() for r in service_world.forget[:2]],
+            subject=SUBJECT["id"],
+            legal_basis=SUBJECT["legal_basis"],
+            config={"max_steps": 8, "eval_every": 4},
+            restore_from=models["checkpoint"],
+        )
+    final = live.wait(created.id)
     job = live.client.get(f"/v1/jobs/{final['job_id']}").json()
     assert job["config"]["method"] == "restore" and job["config"]["restore_from"] == models["checkpoint"]
     assert final["status"] in ("succeeded", "failed") and final["verdict"] != "forgotten", final
