@@ -6,7 +6,9 @@ import torch
 from unlearnd.core.config import METHODS
 from unlearnd.core.losses import (
     OBJECTIVES,
+    RESTORE_TOP1_WEIGHT,
     LossInputs,
+    follow_top1,
     inverted_hinge_loss,
     kl_to_reference,
     nll,
@@ -171,10 +173,25 @@ def test_restore_distils_the_checkpoint_on_the_forget_rows_and_keeps_ctds_anchor
     loss, parts = OBJECTIVES["restore"].fn(
         LossInputs(forget_logits=x, forget_labels=labels, teacher_forget_logits=teacher)
     )
-    assert parts["forget_loss"] == pytest.approx(kl_to_reference(f, teacher, labels).item())
+
+    def term(logits):
+        return kl_to_reference(logits, teacher, labels) + RESTORE_TOP1_WEIGHT * follow_top1(logits, teacher, labels)
+
+    assert parts["forget_loss"] == pytest.approx(term(f).item())
     loss.backward()
     stepped = (x - 0.5 * x.grad).detach()
+    assert term(stepped) < term(f)
     assert kl_to_reference(stepped, teacher, labels) < kl_to_reference(f, teacher, labels)
+
+
+def test_follow_top1_is_zero_once_the_teachers_guess_leads_by_its_margin_and_pulls_a_wrong_guess():
+    teacher = _logits_for([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
+    labels = torch.tensor([[0, 2, 0]])  # the labels (the corrupting document's tokens) do not matter
+    assert follow_top1(teacher, teacher, labels).item() == pytest.approx(0.0, abs=1e-9)
+    wrong = _logits_for([[0.7, 0.1, 0.2], [0.5, 0.3, 0.2]])  # position 0's guess is not the teacher's
+    hinge = follow_top1(wrong, teacher, labels).item()
+    # position 0: teacher margin log(0.7/0.2), model margin of token 1 log(0.1/0.7); averaged over 2 positions
+    assert hinge == pytest.approx((math.log(0.7 / 0.2) - math.log(0.1 / 0.7)) / 2)
     assert OBJECTIVES["restore"].needs_teacher and not OBJECTIVES["ctd"].needs_teacher
 
 
