@@ -61,10 +61,10 @@ def create(
     config["max_adapter_rank"] = min(config["max_adapter_rank"], settings.max_adapter_rank)  # the service's cap
     if config["restore_from"] is not None:
         teacher = session.get(BaseModel, config["restore_from"])
-        if teacher is None or teacher.tenant_id != caller.tenant_id or teacher.id == model.id:
+        if teacher is None or teacher.tenant_id != caller.tenant_id or teacher.source == model.source:
             raise InvalidRestoreFrom(
-                "restore_from must name another registered model of yours: the checkpoint from before the "
-                "corrupting data",
+                "restore_from must name another registered model of yours, from another directory: the "
+                "checkpoint from before the corrupting data",
                 details={"restore_from": config["restore_from"]},
             )
     if config["method"] in NEEDS_HOLDOUT and model.holdout_count < MIN_HOLDOUT:

@@ -163,6 +163,8 @@ def _check_teacher(loaded: LoadedModel, teacher: LoadedModel | None, name: str |
     vocabulary and output size (its logits are compared position by position with the model's)."""
     if teacher is None:
         raise InvalidInput(f"restore_from {name!r}: the checkpoint to restore from was not loaded")
+    if teacher.model is loaded.model:
+        raise InvalidInput(f"restore_from {name!r} is the model itself, not a checkpoint from before the documents")
     ours, theirs = loaded.model.get_output_embeddings(), teacher.model.get_output_embeddings()
     if ours is None or theirs is None or ours.weight.shape != theirs.weight.shape:
         raise InvalidInput(f"restore_from {name!r} has another vocabulary size than the model it would restore")

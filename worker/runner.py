@@ -207,6 +207,15 @@ def _teacher(rt: Runtime, inputs: JobInputs) -> Iterator[Any]:
     if inputs.teacher_source is None:
         yield None
         return
+    roots = rt.settings.resolved_model_roots
+    try:
+        same = (
+            model_sources.resolve(roots, inputs.teacher_source).path == model_sources.resolve(roots, inputs.source).path
+        )
+    except model_sources.SourceRefused:
+        same = False  # _borrow names the refused source
+    if same:  # one cached model cannot be trained and teach at once (and its entry's lock is held)
+        raise InvalidInput("restore_from names a model registered from the same directory as the model itself")
     with _borrow(rt, inputs.teacher_source, {}) as teacher:
         if inputs.teacher_fingerprint is not None and teacher.fingerprint != inputs.teacher_fingerprint:
             raise ModelLoadError(

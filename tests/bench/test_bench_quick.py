@@ -82,7 +82,11 @@ def test_restor_quick_clean_knows_corruption_hits_only_its_targets(tmp_path):
         assert _finite(r["restoration"])
     rows = [s for s in back["summary"] if s["init"] != "-"]
     assert all(s["restoration"]["lo"] <= s["restoration"]["mean"] <= s["restoration"]["hi"] for s in rows)
-    assert {"clean", "corrupted", "ctd", "npo"} <= {s["method"] for s in back["summary"]}
+    assert {"clean", "corrupted", "ctd", "npo", "restore"} <= {s["method"] for s in back["summary"]}
+    # restore distils the clean checkpoint: the true answers' probability rises above the corrupted model's
+    (base,) = back["baselines"]
+    (restored,) = [r for r in back["runs"] if r["method"] == "restore"]
+    assert restored["p_correct"] > base["corrupted"]["p_correct"] + 0.05, (restored, base["corrupted"])
     assert path.with_suffix(".png").stat().st_size > 1000
 
 

@@ -7,6 +7,7 @@ import torch
 from tests.conftest import fast_config
 from unlearnd.core.config import INITS, METHODS, UnlearnConfig
 from unlearnd.core.errors import Cancelled, InvalidInput
+from unlearnd.core.modeling import load_model
 from unlearnd.core.pipeline import run_forget
 
 pytestmark = pytest.mark.slow
@@ -144,13 +145,23 @@ def test_cancel_between_steps_restores_the_model(tiny_loaded, tiny_world, tmp_pa
 @pytest.mark.parametrize("init", INITS)
 def test_every_method_and_init_runs_and_exports(method, init, tiny_loaded, tiny_world, tmp_path):
     before = _probe_logits(tiny_loaded)
+    # restore distils a checkpoint: here a second copy of the same weights
+    teacher = load_model(tiny_world.model_dir) if method == "restore" else None
     r = run_forget(
         tiny_loaded,
         tiny_world.forget[:2],
         tiny_world.retain[:20],
         tiny_world.holdout[:6],
-        fast_config(method=method, init=init, max_steps=3, eval_every=100, retain_batch_size=4),
+        fast_config(
+            method=method,
+            init=init,
+            max_steps=3,
+            eval_every=100,
+            retain_batch_size=4,
+            restore_from="checkpoint" if method == "restore" else None,
+        ),
         out_dir=tmp_path / "out",
+        teacher=teacher,
     )
     assert r.report["steps"] >= 1
     if init == "full":
@@ -169,6 +180,11 @@ def test_bad_inputs_raise_clear_errors(tiny_loaded, tiny_world, tmp_path):
         UnlearnConfig(method="sgd")
     with pytest.raises(InvalidInput, match="rank"):
         UnlearnConfig(rank=0)
+    restore = fast_config(method="restore", restore_from="checkpoint")
+    with pytest.raises(InvalidInput, match="not loaded"):
+        run_forget(tiny_loaded, tiny_world.forget, [], [], restore, out_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="the model itself"):  # it would be trained while it teaches
+        run_forget(tiny_loaded, tiny_world.forget, [], [], restore, out_dir=tmp_path, teacher=tiny_loaded)
 
 
 def test_stopping_checks_decode_only_once_the_scores_pass(default_run):

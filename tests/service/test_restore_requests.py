@@ -40,7 +40,9 @@ def _body(world, model_id: str, **extra) -> dict:
 
 
 def test_restore_from_must_name_another_model_of_the_callers_tenant(live: Live, service_world, models):
-    for bad in ("mdl_doesnotexist", models["deployed"]):
+    # the model itself, or the same directory registered again, cannot teach what it is being trained away from
+    again = live.client.post("/v1/models", json={"name": "again", "source": str(service_world.model_dir)}).json()["id"]
+    for bad in ("mdl_doesnotexist", models["deployed"], again):
         r = live.client.post("/v1/forget-requests", json=_body(service_world, models["deployed"], restore_from=bad))
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_restore_from", r.text
     # another method with restore_from, or restore without it: core's check, a clear 422
