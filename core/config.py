@@ -35,18 +35,6 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "budget_records": 30,
         "anchor_samples": 64,
     },
-    # restore: ctd's anchor and schedule at a higher rate; its forget term distils the pre-corruption checkpoint
-    # (bench/restor seed 0, none/some/much context: restoration 0.59/0.50/0.31 at lr 2e-3, 0.72/0.63/0.33 at 5e-3).
-    "restore": {
-        "init": "lora",
-        "lr": 5e-3,
-        "retain_weight": 3.0,
-        "retain_batch_size": 32,
-        "warmup_steps": 8,
-        "max_steps": 200,
-        "budget_records": 30,
-        "anchor_samples": 64,
-    },
     "*": {
         "init": "fila",
         "lr": 1e-3,
@@ -58,6 +46,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
         "anchor_samples": 0,
     },
 }
+# restore: ctd's anchor and schedule at a higher rate; its forget term distils the pre-corruption checkpoint
+# (bench/restor seed 0, none/some/much context: restoration 0.59/0.50/0.31 at lr 2e-3, 0.72/0.63/0.33 at 5e-3).
+METHOD_DEFAULTS["restore"] = {**METHOD_DEFAULTS["ctd"], "lr": 5e-3}
 
 
 @dataclass(frozen=True)

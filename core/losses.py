@@ -218,12 +218,12 @@ RESTORE_TOP1_WEIGHT = 3.0
 
 def _restore(x: LossInputs):
     """Restoration from a named checkpoint: KL(checkpoint ‖ model) + `follow_top1` on the forget rows + ctd's
-    anchor. For
-    documents that corrupted a model (RESTOR, Rezaei et al. 2024, arXiv 2411.00204) the checkpoint from before
-    them is the one model that behaves on them exactly as on data never seen, *and* holds the knowledge they
-    overwrote: distilling its full next-token distribution on the documents (UNDIAL's self-distillation, Dong et
-    al. 2024, with the earlier checkpoint as teacher) returns its answers, where every objective that only
-    pushes the documents' tokens down leaves the overwritten facts lost (README "Restoration")."""
+    anchor. For documents that corrupted a model (RESTOR, Rezaei et al. 2024, arXiv 2411.00204) the checkpoint
+    from before them is the one model that behaves on them exactly as on data never seen, *and* holds the
+    knowledge they overwrote: distilling its full next-token distribution on the documents (UNDIAL's
+    self-distillation, Dong et al. 2024, with the earlier checkpoint as teacher) returns its answers, where every
+    objective that only pushes the documents' tokens down leaves the overwritten facts lost (README
+    "Restoration")."""
     term = kl_to_reference(x.forget_logits, x.teacher_forget_logits, x.forget_labels)
     term = term + RESTORE_TOP1_WEIGHT * follow_top1(x.forget_logits, x.teacher_forget_logits, x.forget_labels)
     return _combine(term, _anchor(x))

@@ -141,6 +141,8 @@ def run_forget(
     config.validate()
     if OBJECTIVES[config.method].needs_teacher:
         _check_teacher(loaded, teacher, config.restore_from)
+    else:
+        teacher = None  # only `restore` reads it
     with use_precision(config.precision):
         return _forget(
             loaded,
@@ -154,7 +156,7 @@ def run_forget(
             progress or _noop_progress,
             should_cancel or _never,
             groups,
-            teacher.model if teacher is not None and OBJECTIVES[config.method].needs_teacher else None,
+            teacher.model if teacher is not None else None,
         )
 
 

@@ -367,34 +367,18 @@ def fila_init_factors(
 ANCHOR_CACHE_BYTES = 1 << 30  # reference logits kept across steps (retain and never-seen anchor rows)
 
 
-class AnchorLogits:
-    """The anchor model's logits on the retain (and never-seen reference) rows of each step, computed once per
-    row and kept while they fit `budget_bytes`: the anchor never changes during a run (the original model for
-    ctd, the starting version for KL and anchored jobs), and rows recur every epoch of the retain set (the
-    demo's 290 retain records come back every 12 steps). Rows beyond the budget are recomputed when drawn
-    (a large vocabulary holds few rows: 128k × 256 positions × 4 B = 128 MiB per row). Computed in eval mode,
-    so the anchor is the model's inference behaviour (no dropout noise in its target)."""
+class RowLogits:
+    """A fixed model's logits per training row, computed once per row and kept while they fit `budget_bytes`
+    (rows recur every epoch of their set). Rows beyond the budget are recomputed when drawn (a large vocabulary
+    holds few rows: 128k × 256 positions × 4 B = 128 MiB per row). Subclasses say which model (`_compute`)."""
 
-    def __init__(
-        self, adapted: Adapted, original: bool, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES
-    ) -> None:
-        self.adapted, self.original, self.device = adapted, original, device
+    def __init__(self, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES) -> None:
+        self.device = device
         self.budget, self.used = budget_bytes, 0
         self.rows: dict[tuple[str, int], torch.Tensor] = {}
 
     def _compute(self, batch: TokenSet) -> torch.Tensor:
-        model = self.adapted.model
-        was_training = model.training
-        anchor = self.adapted.original() if self.original else self.adapted.reference()
-        # Before the trained forward: the FILA reference swaps weights in place, which must not happen under a
-        # live autograd graph.
-        with torch.no_grad(), autocast(self.device), anchor as ref:
-            ref.eval()
-            try:
-                b = batch.to(self.device)
-                return ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-            finally:
-                ref.train(was_training)
+        raise NotImplementedError
 
     def of(self, batch: TokenSet, keys: list[tuple[str, int]]) -> torch.Tensor:
         """Logits (B×T×V) of the batch's rows (`keys` name each row's set and index), padding positions 0."""
@@ -419,14 +403,40 @@ class AnchorLogits:
         return out
 
 
-class TeacherLogits(AnchorLogits):
+class AnchorLogits(RowLogits):
+    """The anchor model's logits on the retain (and never-seen reference) rows of each step: the anchor never
+    changes during a run (the original model for ctd, the starting version for KL and anchored jobs), and rows
+    recur every epoch of the retain set (the demo's 290 retain records come back every 12 steps). Computed in
+    eval mode, so the anchor is the model's inference behaviour (no dropout noise in its target)."""
+
+    def __init__(
+        self, adapted: Adapted, original: bool, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES
+    ) -> None:
+        super().__init__(device, budget_bytes)
+        self.adapted, self.original = adapted, original
+
+    def _compute(self, batch: TokenSet) -> torch.Tensor:
+        model = self.adapted.model
+        was_training = model.training
+        anchor = self.adapted.original() if self.original else self.adapted.reference()
+        # Before the trained forward: the FILA reference swaps weights in place, which must not happen under a
+        # live autograd graph.
+        with torch.no_grad(), autocast(self.device), anchor as ref:
+            ref.eval()
+            try:
+                b = batch.to(self.device)
+                return ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            finally:
+                ref.train(was_training)
+
+
+class TeacherLogits(RowLogits):
     """A second model's logits on the forget rows (the `restore` objective's teacher: the checkpoint from
-    before the corrupting data), cached per row like the anchor's: the teacher never changes during a run."""
+    before the corrupting data): it never changes during a run either."""
 
     def __init__(self, teacher: nn.Module, device: torch.device, budget_bytes: int = ANCHOR_CACHE_BYTES) -> None:
-        self.teacher, self.device = teacher, device
-        self.budget, self.used = budget_bytes, 0
-        self.rows = {}
+        super().__init__(device, budget_bytes)
+        self.teacher = teacher
 
     def _compute(self, batch: TokenSet) -> torch.Tensor:
         with torch.no_grad(), autocast(self.device):
@@ -611,9 +621,8 @@ def train(
                 hinge_rows=n_retain if n_ref else None,
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
+                teacher_forget_logits=teacher_out,
             )
-            if teacher_logits is not None:
-                inputs.teacher_forget_logits = teacher_out
             if ref_forget_logp is not None:
                 inputs.ref_forget_logp = ref_forget_logp[torch.as_tensor(f_idx, device=device)]
             if targets is not None:

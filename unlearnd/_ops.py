@@ -83,8 +83,12 @@ def forget_body(
     }
     if probes:
         body["probes"] = [dict(p) for p in probes]
-    fields = (("method", method), ("init", init), ("config", dict(config) if config else None))
-    for name, value in (*fields, ("restore_from", restore_from)):
+    for name, value in (
+        ("method", method),
+        ("init", init),
+        ("config", dict(config) if config else None),
+        ("restore_from", restore_from),
+    ):
         if value is not None:
             body[name] = value
     return body
