@@ -24,12 +24,15 @@ ADAPTER_INITS = ("fila", "lora")
 # retain extraction kept 0.98 vs 0.93; README "Results"); IHL keeps FILA, the paper's pairing. ctd's anchor
 # also holds 64 of the original model's own samples (core/self_samples.py), a quarter of its rows taken from the
 # retain rows' share: generic perplexity × 1.05 → × 1.02 at 10 people and × 1.08 → × 1.04 at 30 (README "Forgetting").
+# ctd's 24 anchor rows at lr 3e-3 (was 32 at 2e-3): a step is compute-bound on the CPU, so a quarter fewer rows is
+# a quarter off each step, and the higher rate brings the steps back down (demo world, 3 seeds: 10 people 61 → 52
+# steps, 38 → 27 s; 30 people 163 → 149 steps, 3/3 forgotten either way; README "Performance").
 METHOD_DEFAULTS: dict[str, dict] = {
     "ctd": {
         "init": "lora",
-        "lr": 2e-3,
+        "lr": 3e-3,
         "retain_weight": 3.0,
-        "retain_batch_size": 32,
+        "retain_batch_size": 24,
         "warmup_steps": 8,
         "max_steps": 200,
         "budget_records": 30,
@@ -48,7 +51,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 # restore: ctd's anchor and schedule at a higher rate; its forget term distils the pre-corruption checkpoint
 # (bench/restor seed 0, none/some/much context: restoration 0.59/0.50/0.31 at lr 2e-3, 0.72/0.63/0.33 at 5e-3).
-METHOD_DEFAULTS["restore"] = {**METHOD_DEFAULTS["ctd"], "lr": 5e-3}
+METHOD_DEFAULTS["restore"] = {**METHOD_DEFAULTS["ctd"], "lr": 5e-3, "retain_batch_size": 32}
 
 
 @dataclass(frozen=True)
