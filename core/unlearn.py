@@ -50,6 +50,7 @@ class Check:
     holdout: SetScores
     utility: Utility | None = None
     retain: SetScores | None = None  # scored once forgetting holds, for the utility half
+    screened: bool = False  # judged against the last check's holdout scores: far from passing, not re-scored
 
     @property
     def passed(self) -> bool:
@@ -71,10 +72,22 @@ class StoppingRule:
     retain: TokenSet | None = None
     original: dict | None = None
     groups: list[list[int]] | None = None  # the forget records of each request the job serves
+    # The screen: a check whose forget scores, against the last check's holdout scores, put some AUC more than
+    # `screen_margin` above the band is failed without re-scoring the holdout (5/6 of a light check on the
+    # demo: 50 holdout records, 10 forget). Only a check that may pass pays for the holdout; a passing verdict
+    # is always judged on the holdout scored now. None: every check re-scores the holdout.
+    screen_margin: float | None = 0.15
+    last_holdout: SetScores | None = field(default=None, repr=False)
 
     def check(self, model: nn.Module, forget_ts: TokenSet, device: torch.device) -> Check:
         f = evaluate_set(model, forget_ts, device, el_n=self.el_n, generate=False)
+        if self.screen_margin is not None and self.last_holdout is not None:
+            stale = judge(f, self.last_holdout, self.bounds)
+            ceiling = 0.5 + self.bounds.auc_tolerance + self.screen_margin
+            if max(t.auc for t in stale.whole.scores.values()) > ceiling:
+                return Check(stale, f, self.last_holdout, screened=True)
         h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
+        self.last_holdout = h
         result = judge(f, h, self.bounds, self.groups)
         if not scores_pass(result):
             return Check(result, f, h)
@@ -513,7 +526,7 @@ def train(
     if objective.needs_forget_targets:
         if calibration is None or rule is None:
             raise InvalidInput(f"method {config.method!r} needs the model's holdout set to calibrate its targets")
-        targets = calibration.targets(profiles_of(adapted.model, rule.holdout, device))
+        # The first targets come from the step-0 check's holdout scores (below): no forward pass of their own.
     anchor_weight = config.previous_kl_weight if anchored and objective.uses_retain else 0.0
     model = adapted.model
     params = adapted.trainable_parameters()
@@ -565,10 +578,11 @@ def train(
             "forget_el": cond["el"] if result.generated else None,
             **{f"{name}_auc": t.auc for name, t in result.whole.scores.items()},
             "failed": result.failed + (checked.utility.failed if checked.utility else []),
+            **({"screened": True} if checked.screened else {}),
         }
         history.append(m)
         progress("unlearning", step, budget, m)
-        if calibration is not None and step > 0 and not checked.passed:
+        if calibration is not None and not checked.passed and not checked.screened:
             # The holdout moves with the model (un-memorising one person's phone number makes every other
             # number a little likelier): the targets follow its current profiles.
             h = checked.holdout  # scored by this check on the model as it is now: no second forward pass

@@ -199,6 +199,20 @@ def test_stopping_checks_decode_only_once_the_scores_pass(default_run):
     assert r["history"][-1]["forget_el"] is not None
 
 
+def test_checks_far_from_the_band_skip_the_holdout_and_the_passing_one_rescores_it(default_run):
+    """The stopping rule's screen: while the forget scores, against the last check's holdout, put an AUC more
+    than the margin above the band, the check fails without re-scoring the holdout (history marks it); step 0
+    and the passing check score the holdout now."""
+    r = default_run[0].report
+    ceiling = 0.5 + 0.1 + 0.15  # the default band and screen margin
+    screened = [h for h in r["history"] if h.get("screened")]
+    assert screened, "the first checks after step 0 are far from the band on the tiny world"
+    for h in screened:
+        assert max(h[f"{s}_auc"] for s in ("loss", "zlib", "min_k")) > ceiling
+        assert h["failed"]
+    assert not r["history"][0].get("screened") and not r["history"][-1].get("screened")
+
+
 def test_one_forward_over_forget_and_retain_rows_equals_two_separate_passes(tiny_loaded, tiny_world):
     """The loop's fused forward (core.data.concat): each set's logits on its own positions, as if alone."""
     from unlearnd.core.data import IGNORE, concat, encode_set
