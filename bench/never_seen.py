@@ -8,8 +8,9 @@ how often does each condition hold? A condition that genuine never-seen groups f
 
 For each group size m, `--groups` random groups of m fresh people (of `--fresh`) are judged against the holdout
 with the service's default bounds, on the original model: the share that passes the whole forgetting verdict and
-the share failing each condition. The U test's own false-alarm rate should be near α; the AUC band's is what
-this measures.
+the share failing each condition; and the same for the group judged as one request of a coalesced job (the
+per-request conditions, core/verdict.py `per_request`). The U test's own false-alarm rate should be near α;
+the AUC band's is what this measures.
 
     python -m bench.never_seen [--quick] [--fresh 200] [--groups 2000] [--sizes 1 2 4 10 30]
 """
@@ -53,20 +54,31 @@ def run(quick: bool, n_fresh: int, n_groups: int, sizes: list[int], seed: int = 
     for m in sizes:
         if m > len(fresh):
             continue
-        passed, failed = 0, Counter()
+        passed, failed, passed_req, failed_req = 0, Counter(), 0, Counter()
         for _ in range(n_groups):
-            verdict = forgetting(never.subset(rng.sample(range(len(fresh)), m)), holdout, bounds)
+            group = never.subset(rng.sample(range(len(fresh)), m))
+            verdict = forgetting(group, holdout, bounds)
             passed += verdict.indistinguishable
             failed.update(verdict.failed)
+            # The same group as one request of a coalesced job (core/verdict.py `per_request`).
+            as_request = forgetting(group, holdout, bounds, per_request=True)
+            passed_req += as_request.indistinguishable
+            failed_req.update(as_request.failed)
         rows.append(
             {
                 "group_size": m,
                 "groups": n_groups,
                 "pass_rate": passed / n_groups,
                 "fail_rate": {name: failed[name] / n_groups for name in sorted(failed)},
+                "per_request_pass_rate": passed_req / n_groups,
+                "per_request_fail_rate": {name: failed_req[name] / n_groups for name in sorted(failed_req)},
             }
         )
-        print(f"m={m}: never-seen groups pass {passed / n_groups:.3f}", file=sys.stderr)
+        print(
+            f"m={m}: never-seen groups pass {passed / n_groups:.3f} (as one request of a job: "
+            f"{passed_req / n_groups:.3f})",
+            file=sys.stderr,
+        )
     return {
         "benchmark": "never_seen",
         "quick": quick,

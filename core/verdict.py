@@ -12,6 +12,10 @@ effect) fails too. Every condition must hold:
 - forget MA ≤ holdout MA and forget EL_n ≤ holdout EL_n (the TDEC rule: necessary, not sufficient);
 - exact extraction 0 from every attack prefix (the first few tokens, and the configured prefix).
 
+A job serving several requests (coalesced) meets all of that on its whole forget set, and each request's own
+records must also be indistinguishable at their size: no U test, tail, one-sided MA / EL test at α tells them
+apart from the holdout, and nothing is extracted (`forgetting`'s `per_request`).
+
 "Kept" compares the model with the *original* one on what it must keep: retain MA drop, short-prefix retain
 extraction kept, and holdout perplexity (text it never saw: general ability) within the configured bounds.
 
@@ -86,13 +90,22 @@ class Forgetting:
         }
 
 
-def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sided: bool = False) -> Forgetting:
+def forgetting(
+    forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sided: bool = False, per_request: bool = False
+) -> Forgetting:
     """Every forgetting condition (module docstring). EL and extraction count only when measured: without a
     decode (`forget.metrics.extraction` NaN) the verdict is "not yet", never a pass.
 
     `one_sided`: the question before any step — is there evidence the model *knows* the records? Only the
     familiar direction counts (the U test's alternative "forget more familiar", AUC ≤ 0.5 + tolerance): a
-    record less familiar than strangers is not memorised, and unlearning can only make it less so."""
+    record less familiar than strangers is not memorised, and unlearning can only make it less so.
+
+    `per_request`: one request's records inside a job that serves several (`judge`), after the whole set met
+    every condition above. Each request must be one that no test at α tells apart from never-seen data at its
+    own size: the two-sided U tests (whose acceptance region *is* the AUC band calibrated to that size), the
+    per-record tails, MA and EL by the one-sided test, extraction 0. The fixed 0.5 ± 0.1 band and the MA / EL
+    mean comparisons are the whole set's: at 2 records they reject 9 of 10 genuinely never-seen pairs
+    (bench/never_seen), so every request of a coalesced job would have to sit at the holdout's median."""
     f_scores, h_scores = forget.familiarity(), holdout.familiarity()
     alternative = "greater" if one_sided else "two-sided"
     tests = {name: compare(f_scores[name], h_scores[name], alternative=alternative) for name in SCORES}
@@ -102,7 +115,7 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sid
         conds.append(Condition(f"{name}_test", t.p_value >= bounds.alpha, t.p_value, f"p >= {bounds.alpha}"))
         if one_sided:
             conds.append(Condition(f"{name}_auc", t.auc <= 0.5 + tol, t.auc, f"<= {0.5 + tol}"))
-        else:
+        elif not per_request:
             conds.append(Condition(f"{name}_auc", abs(t.auc - 0.5) <= tol, t.auc, f"within 0.5 ± {tol}"))
         # Family-wise over the forget records (Bonferroni): a genuine never-seen set of 30 has a record in the
         # holdout's 5 % tail 79 % of the time, so a per-record 5 % bound would fail never-seen data itself.
@@ -110,7 +123,7 @@ def forgetting(forget: SetScores, holdout: SetScores, bounds: Bounds, *, one_sid
         conds.append(Condition(f"{name}_tail", t.min_record_p >= level, t.min_record_p, f">= {level:.4g}"))
     fm, hm = forget.metrics, holdout.metrics
     generated = not math.isnan(fm.extraction) and not math.isnan(hm.el10)
-    if one_sided:
+    if one_sided or per_request:
         # Is the model more accurate on these records than on strangers'? Per record, by the same one-sided
         # test: a mean MA above the holdout's by chance is no evidence at a handful of never-seen records.
         p_ma = mann_whitney_p(forget.ma, holdout.ma, "greater")
@@ -159,11 +172,13 @@ def judge(
     *,
     one_sided: bool = False,
 ) -> Judgement:
-    """`forgetting` of the whole set and of each group of its records (None or one group: the whole set)."""
+    """`forgetting` of the whole set and of each group of its records (None or one group: the whole set), each
+    group by the per-request conditions (`forgetting`'s `per_request`)."""
     whole = forgetting(forget, holdout, bounds, one_sided=one_sided)
     if not groups or len(groups) == 1:
         return Judgement(whole, [whole])
-    return Judgement(whole, [forgetting(forget.subset(g), holdout, bounds, one_sided=one_sided) for g in groups])
+    per = [forgetting(forget.subset(g), holdout, bounds, one_sided=one_sided, per_request=True) for g in groups]
+    return Judgement(whole, per)
 
 
 def scores_pass(f: Forgetting | Judgement) -> bool:

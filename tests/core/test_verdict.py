@@ -24,6 +24,7 @@ from unlearnd.core.verdict import (
     NOT_MEMORISED,
     NOT_REACHED,
     forgetting,
+    judge,
     outcome,
     small_set_note,
     utility,
@@ -94,6 +95,29 @@ def test_the_tail_check_holds_never_seen_sets_at_its_family_wise_level():
         t = compare(list(rng.normal(0, 1, 30)), list(rng.normal(0, 1, 50)))
         fails += t.min_record_p < 0.05 / 30
     assert fails / 300 <= 0.10
+
+
+def test_each_request_of_a_coalesced_job_is_judged_by_tests_calibrated_to_its_size():
+    """Never-seen pairs mostly fail the whole-set conditions (the fixed AUC band rejects most at m = 2) but pass
+    the per-request ones about as often as the tests' levels allow; a pair still memorised fails them; a job's
+    whole forget set keeps the whole-set conditions however its requests fare."""
+    rng = np.random.default_rng(3)
+    holdout = _scores(rng.normal(2.5, 0.3, 50), ma=0.6, el=0.1)
+    pairs = [_scores(rng.normal(2.5, 0.3, 2), ma=0.6, el=0.1) for _ in range(400)]
+    whole_rate = np.mean([forgetting(p, holdout, Bounds()).indistinguishable for p in pairs])
+    request_rate = np.mean([forgetting(p, holdout, Bounds(), per_request=True).indistinguishable for p in pairs])
+    assert whole_rate <= 0.5 and request_rate >= 0.85, (whole_rate, request_rate)
+
+    lowest = min(holdout.loss)
+    memorised = forgetting(_scores([lowest - 0.5, lowest - 0.6]), holdout, Bounds(), per_request=True)
+    assert not memorised.indistinguishable and {"loss_test", "loss_tail"} <= set(memorised.failed)
+
+    # Ten pairs, each a plausible never-seen pair, that together sit on the familiar side of the holdout.
+    shifted = _scores(np.sort(rng.normal(2.35, 0.3, 20)))
+    j = judge(shifted, holdout, Bounds(), [[2 * i, 2 * i + 1] for i in range(10)])
+    assert not j.indistinguishable and "loss_auc" in j.whole.failed
+    assert all(not c.name.endswith("_auc") for r in j.requests for c in r.conditions)
+    assert any(c.name == "loss_auc" for c in j.whole.conditions)
 
 
 def test_tdec_and_extraction_count_only_when_measured():
