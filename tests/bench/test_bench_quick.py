@@ -116,3 +116,7 @@ def test_never_seen_quick(tmp_path):
             "extraction",
         }
         assert row["pass_rate"] == 1.0 or row["fail_rate"]
+        # As one request of a coalesced job: the same U tests and tails, MA / EL by a test instead of a comparison
+        # of means, and never the fixed AUC band, which is what rejects most small never-seen groups.
+        assert row["per_request_pass_rate"] >= row["pass_rate"]
+        assert not any(name.endswith("_auc") for name in row["per_request_fail_rate"])
