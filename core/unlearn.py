@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from unlearnd.core import lora
-from unlearnd.core.calibration import Calibration, ForgetTargets, Profile, holdout_profiles, row_profiles, token_levels
+from unlearnd.core.calibration import Calibration, ForgetTargets, row_profiles, token_levels
 from unlearnd.core.config import Bounds, UnlearnConfig
 from unlearnd.core.data import TokenSet, concat
 from unlearnd.core.device import autocast
@@ -511,8 +511,9 @@ def train(
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
     `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
     `calibration`: what the `ctd` objective derives its forget-token targets from (`calibrate`), with the
-    holdout's profiles under the current model, at the start and after every check. `reference_ts`: never-seen
-    records the anchor also holds (the holdout's calibration half, for a pure anchor): a quarter of each
+    holdout's profiles under the current model, from every check that scored the holdout (step 0's included).
+    `reference_ts`: never-seen records the anchor also holds (the holdout's calibration half, for a pure
+    anchor): a quarter of each
     step's anchor rows, so the model's behaviour on strangers — the verdict's reference — does not drift.
     `samples_ts`: the original model's own samples (core/self_samples.py), another quarter, taken from the
     retain rows' share: its knowledge beyond the registered sets does not drift either. `teacher`: the model
@@ -688,13 +689,6 @@ def calibrate(
     return Calibration(
         forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p, row_groups
     )
-
-
-@torch.no_grad()
-def profiles_of(model: nn.Module, ts: TokenSet, device: torch.device) -> list[Profile]:
-    """The holdout's profiles (core/calibration.py `Profile`) under the model as it is now."""
-    logp, _, top1 = _token_logprobs_of(model, ts, device)
-    return holdout_profiles(ts.labels[:, 1:], logp, top1, [e.zlib_bytes for e in ts.encoded])
 
 
 def _token_logprobs_of(

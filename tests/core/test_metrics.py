@@ -226,9 +226,14 @@ def test_decode_batch_rows_follows_the_kv_cache_budget():
 @pytest.mark.slow
 def test_an_evaluation_holds_the_holdout_profiles_a_separate_forward_pass_gives(tiny_loaded, tiny_world):
     """ctd re-profiles the holdout after each check from the check's own evaluation (`row_profiles`): the
-    same profiles as `profiles_of`, the forward pass it replaced."""
-    from unlearnd.core.calibration import row_profiles
-    from unlearnd.core.unlearn import profiles_of
+    same profiles as a separate forward pass (`holdout_profiles` of its token log-probs) gives."""
+    from unlearnd.core.calibration import holdout_profiles, row_profiles
+    from unlearnd.core.unlearn import _token_logprobs_of
+
+    def profiles_of(model, ts, device):
+        with torch.no_grad():
+            logp, _, top1 = _token_logprobs_of(model, ts, device)
+        return holdout_profiles(ts.labels[:, 1:], logp, top1, [e.zlib_bytes for e in ts.encoded])
 
     model, tok, device = tiny_loaded.model, tiny_loaded.tokenizer, tiny_loaded.device
     ts = encode_set(tok, tiny_world.holdout)
