@@ -303,6 +303,7 @@ def calibrated_logprob_error(
     target_logp: torch.Tensor,
     top1_allowed: torch.Tensor,
     margin: float = 0.1,
+    demote_weight: float = 1.0,
 ) -> torch.Tensor:
     """Mean over forget target tokens of `(log p_θ(y_t) − a*_t)²`, each token's log-probability pulled to its
     calibrated target from either side (so it stops where a stranger's would be), plus, where the label may
@@ -318,4 +319,4 @@ def calibrated_logprob_error(
     runner_up = logp_all.scatter(-1, idx, float("-inf")).amax(-1)
     demote = mask & ~top1_allowed[:, :width].to(mask.device)
     hinge = (logp - runner_up + margin).clamp_min(0) * demote
-    return (pen.sum() + hinge.sum()) / mask.sum().clamp_min(1)
+    return (pen.sum() + demote_weight * hinge.sum()) / mask.sum().clamp_min(1)

@@ -89,6 +89,7 @@ class LossInputs:
     forget_top1_allowed: torch.Tensor | None = None  # ctd: where the label may stay the argmax (shifted)
     teacher_forget_logits: torch.Tensor | None = None  # restore: the pre-corruption checkpoint's logits on D_f
     margin_weight: float = 1.0  # ctd: weight of `keep_top1` in the anchor
+    demote_weight: float = 1.0  # ctd: weight of the forget tokens' top-1 demotion hinge
     hinge_rows: int | None = None  # ctd: the first rows of the retain block get `keep_top1` (the rest are strangers)
     retain_weight: float = 1.0
     anchor_weight: float = 0.0  # > 0: the retain term is anchor_weight · KL(starting model ‖ model), not λ·NLL
@@ -207,7 +208,9 @@ def _ctd(x: LossInputs):
     and on never-seen records + `keep_top1` on D_r]: what the model must keep (its top-1 guesses on retained
     records are what MA and extraction count) and its behaviour on strangers (what the verdict compares with:
     KL only, so it neither drifts nor is pushed to be more confident)."""
-    term = calibrated_logprob_error(x.forget_logits, x.forget_labels, x.forget_target_logp, x.forget_top1_allowed)
+    term = calibrated_logprob_error(
+        x.forget_logits, x.forget_labels, x.forget_target_logp, x.forget_top1_allowed, demote_weight=x.demote_weight
+    )
     return _combine(term, _anchor(x))
 
 

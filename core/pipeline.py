@@ -266,8 +266,11 @@ def _forget(
             if config.init == "fila":
                 fisher_retain = concat([sets.retain, reference]) if reference is not None else sets.retain
                 init_fila(adapted, config, forget_ts, fisher_retain, device, progress, previous=prev_delta)
+            # The before-report scored the starting model on these very sets (FILA's init leaves it unchanged):
+            # calibration and the step-0 check read those scores instead of two more passes each.
+            start = (before_scores["forget"], before_scores["holdout"]) if forget_ts is sets.forget else None
             plan = (
-                calibrate(adapted.model, forget_ts, sets.holdout, device, bounds.tail_p, train_groups)
+                calibrate(adapted.model, forget_ts, sets.holdout, device, bounds.tail_p, train_groups, start)
                 if objective.needs_forget_targets
                 else None
             )
@@ -285,6 +288,7 @@ def _forget(
                 reference_ts=reference,
                 samples_ts=samples,
                 teacher=teacher,
+                start_scores=start if has_holdout else None,
             )
 
             if config.init != "full" and rank_of(adapted.delta()) > config.max_adapter_rank:

@@ -19,7 +19,7 @@ from torch import nn
 from unlearnd.core import lora
 from unlearnd.core.calibration import Calibration, ForgetTargets, row_profiles, token_levels
 from unlearnd.core.config import Bounds, UnlearnConfig
-from unlearnd.core.data import TokenSet, concat
+from unlearnd.core.data import IGNORE, TokenSet, concat
 from unlearnd.core.device import autocast
 from unlearnd.core.errors import Cancelled, InvalidInput
 from unlearnd.core.export import Component, Delta, rank_of, stacked
@@ -79,14 +79,25 @@ class StoppingRule:
     screen_margin: float | None = 0.15
     last_holdout: SetScores | None = field(default=None, repr=False)
 
-    def check(self, model: nn.Module, forget_ts: TokenSet, device: torch.device) -> Check:
-        f = evaluate_set(model, forget_ts, device, el_n=self.el_n, generate=False)
-        if self.screen_margin is not None and self.last_holdout is not None:
-            stale = judge(f, self.last_holdout, self.bounds)
-            ceiling = 0.5 + self.bounds.auc_tolerance + self.screen_margin
-            if max(t.auc for t in stale.whole.scores.values()) > ceiling:
-                return Check(stale, f, self.last_holdout, screened=True)
-        h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
+    def check(
+        self,
+        model: nn.Module,
+        forget_ts: TokenSet,
+        device: torch.device,
+        scored: tuple[SetScores, SetScores] | None = None,
+    ) -> Check:
+        """`scored`: the forget and holdout scores of this very model, already computed (step 0: the job's
+        before-report evaluated the starting model on the same sets), in place of the first two passes."""
+        if scored is not None:
+            f, h = scored
+        else:
+            f = evaluate_set(model, forget_ts, device, el_n=self.el_n, generate=False)
+            if self.screen_margin is not None and self.last_holdout is not None:
+                stale = judge(f, self.last_holdout, self.bounds)
+                ceiling = 0.5 + self.bounds.auc_tolerance + self.screen_margin
+                if max(t.auc for t in stale.whole.scores.values()) > ceiling:
+                    return Check(stale, f, self.last_holdout, screened=True)
+            h = evaluate_set(model, self.holdout, device, el_n=self.el_n, generate=False)
         self.last_holdout = h
         result = judge(f, h, self.bounds, self.groups)
         if not scores_pass(result):
@@ -504,9 +515,12 @@ def train(
     reference_ts: TokenSet | None = None,
     samples_ts: TokenSet | None = None,
     teacher: nn.Module | None = None,
+    start_scores: tuple[SetScores, SetScores] | None = None,
 ) -> LoopResult:
     """Optimise the objective until the stopping rule holds (checked every `eval_every` steps and at step 0)
     or `max_steps`. Without a rule (no holdout set) it runs `max_steps` and never claims "reached".
+    `start_scores`: the forget and holdout scores of the starting model on `forget_ts` and the rule's holdout
+    (the job's before-report), which the step-0 check judges instead of scoring them again.
 
     `anchored` (a cumulative job, whose starting model is the previous version): the retain term is
     `previous_kl_weight`·KL(starting model ‖ model) instead of λ·NLL (see core/losses.py `_retain_term`).
@@ -568,7 +582,7 @@ def train(
             progress("unlearning", step, budget, m)
             return False
         with adapted.merged() as evaluated:  # the LoRA folded in: ≈ 15–20 % faster forward passes, same model
-            checked = rule.check(evaluated, forget_ts, device)
+            checked = rule.check(evaluated, forget_ts, device, start_scores if step == 0 else None)
         result = checked.forgetting
         last[:] = [result.whole]
         cond = {c.name: c.value for c in result.whole.conditions}
@@ -633,6 +647,7 @@ def train(
                 forget_labels=fb.labels,
                 retain_weight=config.retain_weight,
                 margin_weight=config.margin_weight,
+                demote_weight=config.demote_weight,
                 hinge_rows=n_retain if n_ref else None,
                 anchor_weight=anchor_weight,
                 npo_beta=config.npo_beta,
@@ -674,21 +689,38 @@ def calibrate(
     device: torch.device,
     tail_p: float = 0.05,
     groups: list[list[int]] | None = None,
+    scored: tuple[SetScores, SetScores] | None = None,
 ) -> Calibration:
     """The `ctd` objective's calibration (core/calibration.py) from the starting model: token levels on the
-    holdout, the forget tokens' starting log-probs; the targets come with the holdout's profiles."""
+    holdout, the forget tokens' starting log-probs; the targets come with the holdout's profiles. `scored`:
+    the starting model's forget and holdout scores on these sets (their per-row log-probs are what the
+    calibration reads), in place of two forward passes."""
     if len(holdout_ts) < 2:
         raise InvalidInput("calibrated unlearning needs at least 2 holdout records")
-    h_logp, h_mask, _ = _token_logprobs_of(model, holdout_ts, device)
+    if scored is not None:
+        f_logp, h_logp = (_dense(s.row_logp, ts) for s, ts in zip(scored, (forget_ts, holdout_ts), strict=True))
+        h_mask = holdout_ts.labels[:, 1:] != IGNORE
+    else:
+        h_logp, h_mask, _ = _token_logprobs_of(model, holdout_ts, device)
+        f_logp, _, _ = _token_logprobs_of(model, forget_ts, device)
     h_labels = holdout_ts.labels[:, 1:]
     levels = token_levels(h_labels[h_mask], h_logp[h_mask], _vocab_size(model))
-    f_logp, _, _ = _token_logprobs_of(model, forget_ts, device)
     row_groups = None
     if groups:  # records → the rows (windows) that hold them
         row_groups = [[i for i, e in enumerate(forget_ts.encoded) if e.record in set(g)] for g in groups]
     return Calibration(
         forget_ts.labels[:, 1:], f_logp, levels, [e.zlib_bytes for e in forget_ts.encoded], tail_p, row_groups
     )
+
+
+def _dense(row_logp: list[torch.Tensor], ts: TokenSet) -> torch.Tensor:
+    """Per-row target log-probs (`SetScores.row_logp`: each row's target positions in order) back on the
+    shifted label grid (B×(T−1), 0 where there is no target), as `_token_logprobs_of` returns them."""
+    mask = ts.labels[:, 1:] != IGNORE
+    out = torch.zeros(mask.shape)
+    for i, lp in enumerate(row_logp):
+        out[i, mask[i]] = lp.float()
+    return out
 
 
 def _token_logprobs_of(

@@ -189,13 +189,15 @@ def test_bad_inputs_raise_clear_errors(tiny_loaded, tiny_world, tmp_path):
 
 def test_stopping_checks_decode_only_once_the_scores_pass(default_run):
     """EL and extraction need greedy decodes; while a membership score still tells the sets apart the verdict
-    cannot hold, so the decode is skipped (history records EL as None)."""
+    cannot hold, so the decode is skipped (history records EL as None). Step 0 is judged on the before-report's
+    evaluation of the same model, which decoded: its EL is the before-report's."""
     r = default_run[0].report
     cheap = {"el", "extraction", "retain_ma_drop", "retain_extraction_kept", "perplexity_ratio"}
-    for h in r["history"]:
+    for h in r["history"][1:]:
         if set(h["failed"]) - cheap:
             assert h["forget_el"] is None
-    assert r["history"][0]["forget_el"] is None  # memorised at step 0
+    first = r["history"][0]
+    assert set(first["failed"]) - cheap and first["forget_el"] == pytest.approx(r["before"]["forget"]["el10"])
     assert r["history"][-1]["forget_el"] is not None
 
 
@@ -328,3 +330,24 @@ def test_the_loop_runs_the_scaled_budget(tiny_loaded, tiny_world, tmp_path):
     config = fast_config(lr=1e-9, max_steps=4, budget_records=2, eval_every=1000)
     result = run_forget(tiny_loaded, tiny_world.forget, tiny_world.retain, tiny_world.holdout, config, out_dir=tmp_path)
     assert n > 2 and result.report["steps"] == -(-4 * n // 2) and not result.reached
+
+
+def test_calibration_from_the_before_reports_scores_equals_its_own_passes(tiny_loaded, tiny_world):
+    """ctd's calibration reads the starting model's per-row log-probs from the before-report's evaluation
+    (core/pipeline.py) instead of two more forward passes: the same levels, starting log-probs and targets."""
+    from unlearnd.core.calibration import row_profiles
+    from unlearnd.core.data import encode_set
+    from unlearnd.core.metrics import evaluate_set
+    from unlearnd.core.unlearn import calibrate
+
+    model, tok, cpu = tiny_loaded.model, tiny_loaded.tokenizer, torch.device("cpu")
+    forget, holdout = encode_set(tok, tiny_world.forget), encode_set(tok, tiny_world.holdout)
+    f, h = (evaluate_set(model, ts, cpu) for ts in (forget, holdout))
+    own = calibrate(model, forget, holdout, cpu)
+    read = calibrate(model, forget, holdout, cpu, scored=(f, h))
+    assert torch.allclose(read.start_logp, own.start_logp, atol=1e-6) and (read.start_logp != 0).any()
+    assert torch.equal(read.levels.count, own.levels.count)
+    assert torch.allclose(read.levels.total, own.levels.total, atol=1e-5)
+    profiles = row_profiles(h.row_logp, h.row_hits, [e.zlib_bytes for e in holdout.encoded])
+    a, b = own.targets(profiles), read.targets(profiles)
+    assert torch.allclose(a.target_logp, b.target_logp, atol=1e-5) and torch.equal(a.top1_allowed, b.top1_allowed)
