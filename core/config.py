@@ -87,7 +87,9 @@ class UnlearnConfig:
     # world, 10 people, seed 0: 48 steps at 1, 56 at 3, 188 at 0.3 (MA and Min-k then lag the loss targets).
     demote_weight: float = 1.0
     warmup_steps: int | None = None  # linear learning-rate warm-up; None: the method's default
-    max_adapter_rank: int = 64  # a cumulative version above this rank is compacted to it (core/compaction.py)
+    # No version exceeds this rank: a job whose starting version plus its own rank would, first compacts the
+    # starting version to `max_adapter_rank − job_rank` (core/compaction.py, core/pipeline.py)
+    max_adapter_rank: int = 64
     compaction_steps: int = 30  # repair steps distilling the uncompressed version into the compacted one
     # Cumulative jobs (a previous version exists): the retain term becomes this weight × KL(previous version ‖
     # model) instead of λ·NLL, so earlier requests stay forgotten (the NLL re-teaches shared patterns); 0: NLL.
@@ -182,6 +184,13 @@ class UnlearnConfig:
         for name, ok in checks:
             if not ok:
                 raise InvalidInput(f"{name}={getattr(self, name)!r} is out of range")
+        if self.init != "full" and self.max_adapter_rank < 2 * self.job_rank:
+            # Compaction keeps the previous version in `max_adapter_rank − job_rank` (core/pipeline.py): at least
+            # one job's rank, or every request's forgetting would be squeezed into less than it was trained in.
+            raise InvalidInput(
+                f"max_adapter_rank={self.max_adapter_rank} must be at least twice this job's trainable rank "
+                f"({self.job_rank}: rank {self.rank}{' × 2 for FILA' if self.init == 'fila' else ''})"
+            )
 
     @property
     def bounds(self) -> Bounds:
@@ -197,6 +206,11 @@ class UnlearnConfig:
     @property
     def attack_prefixes(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.attack_prefix_tokens)))
+
+    @property
+    def job_rank(self) -> int:
+        """The rank one job adds to the cumulative adapter: FILA's trainable half and its frozen `−B₀A₀` twin."""
+        return self.rank * (2 if self.init == "fila" else 1)
 
     @property
     def scaling(self) -> float:

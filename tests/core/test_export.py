@@ -9,8 +9,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import fast_config
+from unlearnd.core.config import UnlearnConfig
 from unlearnd.core.data import encode_set
-from unlearnd.core.export import Component, read_adapter, write_adapter
+from unlearnd.core.errors import InvalidInput
+from unlearnd.core.export import Component, rank_of, read_adapter, write_adapter
 from unlearnd.core.lora import is_conv1d
 from unlearnd.core.modeling import default_target_modules, find_targets, load_model
 from unlearnd.core.pipeline import run_forget
@@ -145,23 +147,53 @@ def test_an_earlier_request_stays_at_the_never_seen_level_in_a_later_version(two
 
 
 @pytest.mark.slow
-def test_a_version_beyond_the_rank_bound_is_compacted_and_still_exports_exactly(tiny_loaded, tiny_world, tmp_path):
-    """Rank 4 per job (FILA: 8 per version): version 2 would be rank 16; with a bound of 8 it is compacted to
-    8 — truncated SVD of the cumulative ΔW, then repaired by distilling the uncompressed model — and base +
-    exported adapter still reproduces the model the verdict was measured on."""
-    config = fast_config(rank=4, alpha=8, max_adapter_rank=8, compaction_steps=20)
-    v1, v2 = _request_pair(tiny_loaded, tiny_world, config, tmp_path)
+def test_a_version_beyond_the_rank_bound_compacts_its_starting_version_and_exports_exactly(
+    tiny_loaded, tiny_world, tmp_path
+):
+    """Version 1 has rank 8 (rank 4, FILA); a job of rank 4 (rank 2, FILA) under a bound of 8 first compacts
+    version 1 to 8 − 4 = 4 — truncated SVD of its ΔW, repaired by distilling it — and trains on top, so
+    version 2 is within the bound as trained: the verdict and the after-report are measured on the very model
+    base + exported adapter reproduces, with no truncation after the loop."""
+    first = fast_config(rank=4, alpha=8)
+    v1 = run_forget(
+        tiny_loaded, tiny_world.forget[:3], tiny_world.retain, tiny_world.holdout, first, out_dir=tmp_path / "v1"
+    )
+    second = fast_config(rank=2, alpha=4, max_adapter_rank=8, compaction_steps=20)
+    v2 = run_forget(
+        tiny_loaded,
+        tiny_world.forget[3:],
+        tiny_world.retain,
+        tiny_world.holdout,
+        second,
+        out_dir=tmp_path / "v2",
+        previous_adapter=v1.adapter_dir,
+    )
     assert v1.report["adapter"]["rank"] == 8 and "compaction" not in v1.report["adapter"]
+    assert v2.outcome == "forgotten"
     info = v2.report["adapter"]
     assert info["rank"] == 8 and info["parent_rank"] == 8
     c = info["compaction"]
-    assert c["rank_before"] == 16 and c["rank"] == 8 and 0.0 < c["energy_discarded"] < 1.0
+    assert c["rank_before"] == 8 and c["rank"] == 4 and 0.0 < c["energy_discarded"] < 1.0
     assert c["worst_module_energy_discarded"] >= c["energy_discarded"]
     assert set(c["kl_after_repair"]) == {"retain", "holdout", "forget"}
-    assert sum(c["kl_after_repair"].values()) < sum(c["kl_before_repair"].values())  # the repair helps
+    assert sum(c["kl_after_repair"].values()) <= sum(c["kl_before_repair"].values())  # never worse (reverted)
     assert info["export_max_abs_diff"] <= 1e-4
-    _, cfg = read_adapter(v2.adapter_dir)
-    assert cfg["r"] == 8
+    delta, cfg = read_adapter(v2.adapter_dir)
+    assert cfg["r"] == 8 and rank_of(delta) == 8
+    # the after-report is the published model's: its forget MA, recomputed from disk with peft
+    fresh = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir), attn_implementation="eager").eval()
+    model = PeftModel.from_pretrained(fresh, str(v2.adapter_dir)).eval()
+    ma = _metrics(model, tiny_loaded.tokenizer, tiny_world.forget[3:]).ma
+    assert ma == pytest.approx(v2.report["after"]["forget"]["ma"], abs=1e-6)
+
+
+def test_the_rank_bound_must_leave_the_previous_version_at_least_one_jobs_rank():
+    with pytest.raises(InvalidInput, match="max_adapter_rank=8 must be at least twice"):
+        UnlearnConfig(rank=8, init="lora", max_adapter_rank=8)
+    with pytest.raises(InvalidInput, match="× 2 for FILA"):
+        UnlearnConfig(rank=8, init="fila", max_adapter_rank=16)
+    assert UnlearnConfig(rank=8, init="lora", max_adapter_rank=16).job_rank == 8
+    assert UnlearnConfig(rank=8, init="full", max_adapter_rank=8).init == "full"  # no adapter, no bound
 
 
 @pytest.mark.slow
