@@ -120,3 +120,8 @@ def test_never_seen_quick(tmp_path):
         # of means, and never the fixed AUC band, which is what rejects most small never-seen groups.
         assert row["per_request_pass_rate"] >= row["pass_rate"]
         assert not any(name.endswith("_auc") for name in row["per_request_fail_rate"])
+        # The stream's bar for earlier requests, as never-seen groups meet it: quantiles of MA − holdout MA.
+        q = row["ma_minus_holdout"]
+        assert q["p5"] <= q["p50"] <= q["p90"] <= q["p95"] and 0.0 <= row["share_ma_above_holdout_plus_0.03"] <= 1.0
+        if q["p5"] > 0.03:
+            assert row["share_ma_above_holdout_plus_0.03"] >= 0.9
