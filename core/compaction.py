@@ -1,9 +1,10 @@
 """Bounded adapter rank for a stream of requests: the cumulative adapter compacted to at most `rank`.
 
 Every version concatenates the previous one's components with the new job's (core/export.py), so the rank of a
-model's adapter grows by 2r per request; LoRA-serving engines cap it (vLLM's `max_lora_rank` ≤ 512) and every
-rank costs serving memory. Beyond `max_adapter_rank` the trained model's change to each target weight,
-`ΔW = Σ s·B·A`, is replaced by its best rank-k approximation (truncated SVD, Eckart–Young), then a short
+model's adapter grows by r (2r for FILA) per request; LoRA-serving engines cap it (vLLM's `max_lora_rank` ≤ 512)
+and every rank costs serving memory. A job that would pass `max_adapter_rank` first compacts its starting version
+(core/pipeline.py `_compact_start`, so the verdict is reached on the model it publishes): each target weight's
+`ΔW = Σ s·B·A` is replaced by its best rank-k approximation (truncated SVD, Eckart–Young), then a short
 *repair* distils the uncompressed model into the compact adapter on retained, never-seen and forgotten rows
 (KL per target token), since the truncation's error is not where the model's behaviour needs it least. What was
 discarded is measured — the share of ‖ΔW‖²_F, and the KL of the compact model to the uncompressed one on each
