@@ -292,7 +292,7 @@ def _forget(
                 reference_ts=reference,
                 samples_ts=samples,
                 teacher=teacher,
-                start_scores=start if has_holdout else None,
+                start_scores=start,
             )
             progress("evaluating", 1, 2, {"when": "after"})
             if loop.final is not None and forget_ts is sets.forget:

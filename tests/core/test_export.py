@@ -83,15 +83,16 @@ def test_components_with_different_scales_export_exactly(tmp_path):
     assert torch.allclose(back["layer"][0].delta(), expected, atol=1e-5)
 
 
-def _request_pair(loaded, world, config, tmp):
-    """Request 1 (three people) → version 1; request 2 (the others) → cumulative version 2 on it."""
+def _request_pair(loaded, world, config, tmp, second=None):
+    """Request 1 (three people) → version 1; request 2 (the others) → cumulative version 2 on it (with the
+    `second` config when given)."""
     v1 = run_forget(loaded, world.forget[:3], world.retain, world.holdout, config, out_dir=tmp / "v1")
     v2 = run_forget(
         loaded,
         world.forget[3:],
         world.retain,
         world.holdout,
-        config,
+        second or config,
         out_dir=tmp / "v2",
         previous_adapter=v1.adapter_dir,
     )
@@ -155,19 +156,8 @@ def test_a_version_beyond_the_rank_bound_compacts_its_starting_version_and_expor
     version 2 is within the bound as trained: the verdict and the after-report are measured on the very model
     base + exported adapter reproduces, with no truncation after the loop."""
     first = fast_config(rank=4, alpha=8)
-    v1 = run_forget(
-        tiny_loaded, tiny_world.forget[:3], tiny_world.retain, tiny_world.holdout, first, out_dir=tmp_path / "v1"
-    )
     second = fast_config(rank=2, alpha=4, max_adapter_rank=8, compaction_steps=20)
-    v2 = run_forget(
-        tiny_loaded,
-        tiny_world.forget[3:],
-        tiny_world.retain,
-        tiny_world.holdout,
-        second,
-        out_dir=tmp_path / "v2",
-        previous_adapter=v1.adapter_dir,
-    )
+    v1, v2 = _request_pair(tiny_loaded, tiny_world, first, tmp_path, second)
     assert v1.report["adapter"]["rank"] == 8 and "compaction" not in v1.report["adapter"]
     assert v2.outcome == "forgotten"
     info = v2.report["adapter"]
