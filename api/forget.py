@@ -16,8 +16,9 @@ from unlearnd.core.config import ADAPTER_INITS, MIN_HOLDOUT, NEEDS_HOLDOUT, Unle
 from unlearnd.core.errors import InvalidInput
 
 
-def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
-    """core defaults ← the model's defaults ← the request's method/init/config, validated by core itself.
+def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn, max_adapter_rank: int) -> dict:
+    """core defaults ← the model's defaults ← the request's method/init/config, the service's rank cap
+    (`max_adapter_rank` wins over a larger one asked for), validated by core itself.
 
     The default method (`ctd`) calibrates against the model's holdout set; for a model registered without one
     (nothing can be verified there anyway: its requests end `unverified`) the default is `ihl`, which needs
@@ -36,6 +37,9 @@ def resolve_config(model: BaseModel, body: schemas.ForgetRequestIn) -> dict:
         merged.update(body.config.overrides())
     try:
         config = UnlearnConfig.from_dict(merged)
+        if config.max_adapter_rank > max_adapter_rank:  # capped before validating: the cap bounds the job's rank too
+            config.max_adapter_rank = max_adapter_rank
+            config.validate()
     except InvalidInput as e:
         raise InvalidConfig(str(e)) from None
     if config.init not in ADAPTER_INITS:
@@ -57,8 +61,7 @@ def create(
     model = session.get(BaseModel, body.model_id)
     if model is None or model.tenant_id != caller.tenant_id:
         raise NotFound("model not found", details={"resource": "model"})
-    config = resolve_config(model, body)
-    config["max_adapter_rank"] = min(config["max_adapter_rank"], settings.max_adapter_rank)  # the service's cap
+    config = resolve_config(model, body, settings.max_adapter_rank)
     if config["restore_from"] is not None:
         teacher = session.get(BaseModel, config["restore_from"])
         if teacher is None or teacher.tenant_id != caller.tenant_id or teacher.source == model.source:

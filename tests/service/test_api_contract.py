@@ -106,6 +106,18 @@ def test_bad_bodies_are_422_validation_error(live: Live, model_id: str, patch: d
     assert any(where in [str(p) for p in d["loc"]] for d in err["details"]), err
 
 
+def test_a_job_rank_the_services_rank_cap_cannot_hold_is_422(live: Live, model_id: str):
+    """A version is the previous one compacted to the cap less the job's rank, plus the job's: the cap must be at
+    least twice the job's rank, judged on the cap the service applies, not the larger one the caller asked for."""
+    body = {"model_id": model_id, "subject": {**SUBJECT, "id": "rank-cap"}, "records": [{"text": "A person."}]}
+    for config in ({"rank": 40}, {"rank": 40, "max_adapter_rank": 128}):  # the service's cap here is 64
+        r = live.client.post("/v1/forget-requests", json={**body, "init": "lora", "config": config})
+        assert "max_adapter_rank=64 must be at least twice" in _error(r, 422, "invalid_config")["message"]
+    r = live.client.post("/v1/forget-requests", json={**body, "init": "lora", "config": {"rank": 32}})
+    assert r.status_code == 202, r.text
+    live.wait(r.json()["id"], timeout=120)  # its job fails on this weightless model; let it end here
+
+
 def test_validation_errors_never_echo_the_submitted_text(live: Live, model_id: str):
     body = {"model_id": model_id, "subject": SUBJECT, "records": [{"text": SECRET_TEXT, "prompt": "p"}]}
     r = live.client.post("/v1/forget-requests", json=body)
