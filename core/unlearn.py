@@ -19,7 +19,7 @@ from torch import nn
 from unlearnd.core import lora
 from unlearnd.core.calibration import Calibration, ForgetTargets, row_profiles, token_levels
 from unlearnd.core.config import Bounds, UnlearnConfig
-from unlearnd.core.data import IGNORE, TokenSet, concat
+from unlearnd.core.data import IGNORE, TokenSet, concat, packs_well
 from unlearnd.core.device import autocast
 from unlearnd.core.errors import Cancelled, InvalidInput
 from unlearnd.core.export import Component, Delta, rank_of, stacked
@@ -634,16 +634,12 @@ def train(
             anchor_rows.append(ts.select(idx))
             keys += [(name, i) for i in idx]
         rb = concat(anchor_rows).to(device) if anchor_rows else None
-        # One forward pass over the forget and retain rows together: half the kernel launches of two passes,
-        # on matmuls twice as tall (the step is launch-bound on small models).
-        both = concat([fb, rb]) if rb is not None else fb
-        n_f = fb.input_ids.size(0)
         ref_logits = anchor_logits.of(rb, keys) if anchor_logits is not None and rb is not None else None
         teacher_out = teacher_logits.of(fb, [("forget", i) for i in f_idx]) if teacher_logits is not None else None
         with autocast(device):
-            logits = model(input_ids=both.input_ids, attention_mask=both.attention_mask).logits
+            forget_logits, *anchor_logits_now = forward_sets(model, [fb, *(r.to(device) for r in anchor_rows)])
             inputs = LossInputs(
-                forget_logits=logits[:n_f, : fb.input_ids.size(1)],
+                forget_logits=forget_logits,
                 forget_labels=fb.labels,
                 retain_weight=config.retain_weight,
                 margin_weight=config.margin_weight,
@@ -661,7 +657,7 @@ def train(
                 inputs.forget_target_logp = targets.target_logp[rows][:, :width].to(device)
                 inputs.forget_top1_allowed = targets.top1_allowed[rows][:, :width].to(device)
             if rb is not None:
-                inputs.retain_logits = logits[n_f:, : rb.input_ids.size(1)]
+                inputs.retain_logits = _pad_cat(anchor_logits_now, rb.input_ids.size(1))
                 inputs.retain_labels = rb.labels
                 if ref_logits is not None:
                     inputs.ref_retain_logits = ref_logits[:, : rb.input_ids.size(1)]
@@ -679,6 +675,38 @@ def train(
             progress("unlearning", step, budget, {"step": step, "loss": float(loss.detach()), **parts})
     model.eval()
     return result(step, reached)
+
+
+def forward_sets(model: nn.Module, sets: list[TokenSet]) -> list[torch.Tensor]:
+    """The model's logits on the rows of each set, each trimmed to its set's width. All sets in one forward pass
+    where padding them to one width costs little (`packs_well`): fewer kernel launches on taller matmuls (the
+    step is launch-bound on small models). Otherwise sets of similar width share a pass: a step of long
+    documents (RESTOR's "much context" ones, 159 tokens, with the never-seen anchor rows as long) and 16-token
+    retain rows padded to one width computed ≈ 2× the tokens it needed."""
+    if packs_well(sets):
+        packs = [list(range(len(sets)))]
+    else:
+        packs = []
+        for i in sorted(range(len(sets)), key=lambda i: sets[i].input_ids.size(1)):
+            if packs and packs_well([sets[j] for j in packs[-1]] + [sets[i]]):
+                packs[-1].append(i)
+            else:
+                packs.append([i])
+    out: list[torch.Tensor | None] = [None] * len(sets)
+    for pack in packs:
+        batch = concat([sets[i] for i in pack])
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        start = 0
+        for i in pack:
+            rows, width = sets[i].input_ids.shape
+            out[i] = logits[start : start + rows, :width]
+            start += rows
+    return out  # type: ignore[return-value]
+
+
+def _pad_cat(logits: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-set logits as one batch of `width` positions (the padding positions carry no label)."""
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.size(1))) for t in logits])
 
 
 @torch.no_grad()
